@@ -1,0 +1,281 @@
+//! Serializers for everything the gateway writes itself: greetings, tagged
+//! results, CAPABILITY and ID responses, and the commands it sends to
+//! backends.  The choice between atom, quoted string and literal is made in
+//! [`astring`] only.
+
+use super::command::{is_astring_char, Tag};
+use super::response::Status;
+
+/// How a literal may be sent to the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiteralMode {
+    /// `{n}`: the peer must answer `+` first.
+    Sync,
+    /// `{n+}`: LITERAL+ (any size) or LITERAL- (up to 4096 octets), RFC 7888.
+    NonSync,
+}
+
+/// A command to send, split where the sender must wait for a `+`
+/// continuation (after each synchronizing literal announcement).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub parts: Vec<Vec<u8>>,
+}
+
+/// Write `s` as an `astring` (RFC 9051 §9): an atom when every octet is an
+/// ASTRING-CHAR, a quoted string when it is short 7-bit text without CR, LF
+/// or NUL, a literal (header and payload) otherwise.  Returns the offset in
+/// `out` just after a synchronizing literal's announcement, where the
+/// sender must stop and wait for `+`.
+pub fn astring(out: &mut Vec<u8>, s: &[u8], mode: LiteralMode) -> Option<usize> {
+    if !s.is_empty() && s.iter().all(|&c| is_astring_char(c)) {
+        out.extend_from_slice(s);
+        None
+    } else {
+        string(out, s, mode)
+    }
+}
+
+/// Write `s` as a `string` (quoted or literal).  Same return as [`astring`].
+pub fn string(out: &mut Vec<u8>, s: &[u8], mode: LiteralMode) -> Option<usize> {
+    if s.len() <= 1024
+        && s.iter()
+            .all(|&c| (0x01..0x80).contains(&c) && c != b'\r' && c != b'\n')
+    {
+        out.push(b'"');
+        for &c in s {
+            if c == b'"' || c == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(c);
+        }
+        out.push(b'"');
+        return None;
+    }
+    let split = match mode {
+        LiteralMode::Sync => {
+            out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
+            Some(out.len())
+        }
+        LiteralMode::NonSync => {
+            out.extend_from_slice(format!("{{{}+}}\r\n", s.len()).as_bytes());
+            None
+        }
+    };
+    out.extend_from_slice(s);
+    split
+}
+
+/// `tag LOGIN userid password` for a backend (RFC 9051 §6.2.3).
+pub fn login(tag: &str, user: &[u8], password: &[u8], mode: LiteralMode) -> Outgoing {
+    let mut out = format!("{tag} LOGIN ").into_bytes();
+    let mut splits = Vec::new();
+    splits.extend(astring(&mut out, user, mode));
+    out.push(b' ');
+    splits.extend(astring(&mut out, password, mode));
+    out.extend_from_slice(b"\r\n");
+    let mut parts = Vec::with_capacity(splits.len() + 1);
+    let mut from = 0;
+    for at in splits {
+        parts.push(out[from..at].to_vec());
+        from = at;
+    }
+    parts.push(out[from..].to_vec());
+    Outgoing { parts }
+}
+
+/// Strip CR, LF and NUL from human-readable text we put on a response line,
+/// so no peer-supplied text can end a line early.
+pub fn sanitize_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c == '\r' || c == '\n' || c == '\0' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// `tag OK|NO|BAD [code] text` (RFC 9051 §7.1).
+pub fn tagged(tag: &Tag, status: Status, code: Option<&str>, text: &str) -> Vec<u8> {
+    status_line(tag.as_str(), status.as_str(), code, text)
+}
+
+/// `* OK|NO|BAD|BYE|PREAUTH [code] text`.
+pub fn untagged(word: &str, code: Option<&str>, text: &str) -> Vec<u8> {
+    status_line("*", word, code, text)
+}
+
+/// A `BAD` for a command whose tag could not be read (RFC 3501 §7.1.3).
+pub fn untagged_bad(text: &str) -> Vec<u8> {
+    untagged("BAD", None, text)
+}
+
+fn status_line(tag: &str, word: &str, code: Option<&str>, text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(tag.len() + word.len() + text.len() + 32);
+    out.extend_from_slice(tag.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(word.as_bytes());
+    if let Some(code) = code {
+        out.extend_from_slice(b" [");
+        out.extend_from_slice(sanitize_text(code).replace(']', " ").as_bytes());
+        out.push(b']');
+    }
+    out.push(b' ');
+    out.extend_from_slice(sanitize_text(text).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// `* CAPABILITY …` (RFC 9051 §7.2.2).
+pub fn capability(caps: &[String]) -> Vec<u8> {
+    let mut out = b"* CAPABILITY".to_vec();
+    for c in caps {
+        out.push(b' ');
+        out.extend_from_slice(c.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The `CAPABILITY …` response code body, e.g. for `[CAPABILITY …]`.
+pub fn capability_code(caps: &[String]) -> String {
+    let mut s = String::from("CAPABILITY");
+    for c in caps {
+        s.push(' ');
+        s.push_str(c);
+    }
+    s
+}
+
+/// `* ID (…)` or `* ID NIL` (RFC 2971 §3.2).
+pub fn id_response(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = b"* ID ".to_vec();
+    id_list(
+        &mut out,
+        fields
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
+    );
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// `tag ID (…)` for a backend (RFC 2971 §3.1); values always quoted.
+pub fn id_command<'a>(
+    tag: &str,
+    fields: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> Vec<u8> {
+    let mut out = format!("{tag} ID ").into_bytes();
+    id_list(&mut out, fields);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn id_list<'a>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>) {
+    let mut any = false;
+    for (k, v) in fields {
+        out.push(if any { b' ' } else { b'(' });
+        any = true;
+        quoted_lossy(out, k);
+        out.push(b' ');
+        match v {
+            Some(v) => quoted_lossy(out, v),
+            None => out.extend_from_slice(b"NIL"),
+        }
+    }
+    if any {
+        out.push(b')');
+    } else {
+        out.extend_from_slice(b"NIL");
+    }
+}
+
+/// A quoted string, dropping octets a quoted string cannot hold.  Used for
+/// ID values, which are informational.
+fn quoted_lossy(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    for &c in s.iter().take(1024) {
+        match c {
+            b'"' | b'\\' => {
+                out.push(b'\\');
+                out.push(c);
+            }
+            0 | b'\r' | b'\n' | 0x80.. => {}
+            _ => out.push(c),
+        }
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imap::command::{parse_command, CommandBody};
+
+    fn joined(o: &Outgoing) -> Vec<u8> {
+        o.parts.concat()
+    }
+
+    #[test]
+    fn login_round_trips() {
+        for (user, pass) in [
+            (&b"alice"[..], &b"wonderland"[..]),
+            (b"fred smith", b"p\"a\\ss"),
+            (b"j\xc3\xb6rg", b"x"),
+            (b"", b"line\r\nbreak"),
+        ] {
+            for mode in [LiteralMode::Sync, LiteralMode::NonSync] {
+                let o = login("b1", user, pass, mode);
+                let bytes = joined(&o);
+                match parse_command(&bytes).unwrap().body {
+                    CommandBody::Login { username, password } => {
+                        assert_eq!(username, user);
+                        assert!(password.ct_eq(pass));
+                    }
+                    b => panic!("{b:?}"),
+                }
+                if mode == LiteralMode::NonSync {
+                    assert_eq!(o.parts.len(), 1);
+                }
+            }
+        }
+        let o = login("b1", b"j\xc3\xb6rg", b"x", LiteralMode::Sync);
+        assert_eq!(o.parts[0], b"b1 LOGIN {5}\r\n");
+        assert_eq!(o.parts[1], b"j\xc3\xb6rg x\r\n");
+    }
+
+    #[test]
+    fn status_lines_cannot_be_split() {
+        let t = Tag::new("a1").unwrap();
+        assert_eq!(
+            tagged(
+                &t,
+                Status::No,
+                Some("AUTHENTICATIONFAILED"),
+                "bad\r\n* OK x"
+            ),
+            b"a1 NO [AUTHENTICATIONFAILED] bad  * OK x\r\n"
+        );
+        assert_eq!(untagged("BYE", None, "bye"), b"* BYE bye\r\n");
+    }
+
+    #[test]
+    fn id_forms() {
+        assert_eq!(
+            id_response(&[("name", "imapgate")]),
+            b"* ID (\"name\" \"imapgate\")\r\n"
+        );
+        assert_eq!(id_response(&[]), b"* ID NIL\r\n");
+        let c = id_command(
+            "x",
+            [(&b"x-originating-ip"[..], Some(&b"1.2.3.4"[..]))].into_iter(),
+        );
+        assert!(matches!(
+            parse_command(&c).unwrap().body,
+            CommandBody::Id(Some(_))
+        ));
+    }
+}

@@ -1,0 +1,684 @@
+//! The framer: splits one direction of an IMAP byte stream into lines and
+//! literal payload, before any grammar runs.
+//!
+//! IMAP (RFC 3501 §4.3, RFC 9051 §4.3) frames a command or response as a line
+//! that may end in a literal announcement — `{n}` (synchronizing), `{n+}`
+//! (non-synchronizing, RFC 7888) or `~{n}` (binary, RFC 3516) — followed by
+//! exactly `n` octets and then the rest of the line.  A *unit* is one whole
+//! command or response: a line, then any number of (literal, line) pairs.
+//!
+//! The framer never buffers: it is handed the bytes the caller holds and says
+//! how long the next frame is.  Literal payload is counted, never scanned,
+//! so a 50 MB FETCH literal costs a few subtractions.  A line may only be
+//! reported once its line ending is present; callers keep at most
+//! `max_line` bytes of an incomplete line, which the framer enforces.
+//!
+//! Invariants: reported frame lengths always sum to exactly the bytes the
+//! caller consumed, in order (frames partition the input); `next` never
+//! panics on any input; limits are checked before the caller has to keep any
+//! more bytes.
+
+use std::fmt;
+
+/// Size limits for one direction of one session.  Checked before bytes are
+/// kept, so an attacker cannot make the gateway buffer more than this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest line, line ending included.
+    pub max_line: usize,
+    /// Largest literal accepted.
+    pub max_literal: u64,
+    /// Most literals in one unit (command or response).
+    pub max_literals_per_unit: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line: 64 * 1024,
+            max_literal: 64 * 1024 * 1024,
+            max_literals_per_unit: 1024,
+        }
+    }
+}
+
+/// A literal announced at the end of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiteralHeader {
+    /// Announced payload length in octets.
+    pub len: u64,
+    /// `{n}`: the sender waits for a `+` continuation before sending it.
+    pub sync: bool,
+    /// `~{n}`: a literal8 that may carry NUL octets (RFC 3516).
+    pub binary: bool,
+}
+
+/// One frame at the front of the input handed to [`Framer::next`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// A complete line of `len` octets, line ending included.
+    Line {
+        len: usize,
+        /// This line begins a new command or response.
+        starts_unit: bool,
+        /// The literal this line announces, if any.  When present, the
+        /// framer expects its payload next (see [`Framer::cancel_literal`]).
+        literal: Option<LiteralHeader>,
+        /// The line ended with a bare LF instead of CRLF.
+        bare_lf: bool,
+    },
+    /// `len` octets of literal payload; `last` when the literal is complete.
+    Literal { len: usize, last: bool },
+}
+
+impl Frame {
+    /// Octets this frame covers.
+    pub fn len(&self) -> usize {
+        match *self {
+            Frame::Line { len, .. } | Frame::Literal { len, .. } => len,
+        }
+    }
+
+    /// Whether the frame covers no octets (only an empty final literal chunk).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether this frame completes a unit: a line that announces no literal.
+    pub fn ends_unit(&self) -> bool {
+        matches!(self, Frame::Line { literal: None, .. })
+    }
+}
+
+/// A limit was exceeded.  Each error says what the caller may still do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// No line ending within `max_line` octets.  The stream cannot be
+    /// resynchronised without guessing, so it is unrecoverable.
+    #[error("line longer than {max} octets")]
+    LineTooLong { max: usize },
+    /// A literal over `max_literal` was announced on a line of `line_len`
+    /// octets (which the caller may parse for the tag).  The framer has
+    /// forgotten the literal: for a synchronizing literal the sender will
+    /// not send it once refused, so the stream stays usable; for a
+    /// non-synchronizing one the payload follows regardless and the caller
+    /// must close the stream.
+    #[error("literal of {} octets exceeds the limit of {max}", header.len)]
+    LiteralTooLarge {
+        line_len: usize,
+        header: LiteralHeader,
+        max: u64,
+    },
+    /// A literal announcement whose number does not fit in 63 bits
+    /// (RFC 9051 number64).  Handled like [`FrameError::LiteralTooLarge`].
+    #[error("literal length out of range")]
+    LiteralOverflow { line_len: usize, sync: bool },
+    /// More literals in one unit than allowed.  Handled like
+    /// [`FrameError::LiteralTooLarge`].
+    #[error("more than {max} literals in one command")]
+    TooManyLiterals {
+        line_len: usize,
+        header: LiteralHeader,
+        max: u32,
+    },
+}
+
+impl FrameError {
+    /// Stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FrameError::LineTooLong { .. } => "line_too_long",
+            FrameError::LiteralTooLarge { .. } | FrameError::LiteralOverflow { .. } => {
+                "literal_too_large"
+            }
+            FrameError::TooManyLiterals { .. } => "too_many_literals",
+        }
+    }
+
+    /// Length of the offending line at the front of the input, when known.
+    pub fn line_len(&self) -> Option<usize> {
+        match *self {
+            FrameError::LineTooLong { .. } => None,
+            FrameError::LiteralTooLarge { line_len, .. }
+            | FrameError::LiteralOverflow { line_len, .. }
+            | FrameError::TooManyLiterals { line_len, .. } => Some(line_len),
+        }
+    }
+
+    /// Whether the sender will still transmit the refused literal (so the
+    /// stream cannot continue).
+    pub fn payload_follows(&self) -> bool {
+        match *self {
+            FrameError::LineTooLong { .. } => true,
+            FrameError::LiteralTooLarge { header, .. }
+            | FrameError::TooManyLiterals { header, .. } => !header.sync,
+            FrameError::LiteralOverflow { sync, .. } => !sync,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Expecting a line; `starts_unit` when it begins a new unit.
+    Line { starts_unit: bool },
+    /// Inside literal payload with this many octets still to come.
+    Literal { remaining: u64 },
+}
+
+/// Incremental framer for one direction of one session.  Pure: no I/O,
+/// no allocation.
+#[derive(Clone)]
+pub struct Framer {
+    limits: Limits,
+    state: State,
+    literals_in_unit: u32,
+    /// How far into the current incomplete line we already looked for LF,
+    /// so trickled input is not rescanned from its start.
+    scanned: usize,
+}
+
+impl fmt::Debug for Framer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Framer")
+            .field("state", &self.state)
+            .field("literals_in_unit", &self.literals_in_unit)
+            .finish()
+    }
+}
+
+impl Framer {
+    pub fn new(limits: Limits) -> Self {
+        Framer {
+            limits,
+            state: State::Line { starts_unit: true },
+            literals_in_unit: 0,
+            scanned: 0,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Change the limits, e.g. when a session authenticates (literal caps
+    /// differ before and after login).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// The next frame will start a new unit.
+    pub fn at_unit_start(&self) -> bool {
+        self.state == State::Line { starts_unit: true }
+    }
+
+    /// Inside a literal's payload.
+    pub fn in_literal(&self) -> bool {
+        matches!(self.state, State::Literal { .. })
+    }
+
+    /// Octets of literal payload still expected.
+    pub fn literal_remaining(&self) -> u64 {
+        match self.state {
+            State::Literal { remaining } => remaining,
+            State::Line { .. } => 0,
+        }
+    }
+
+    /// The receiver refused a synchronizing literal (tagged NO/BAD instead of
+    /// `+`), so the sender will not send it and the unit is over.
+    pub fn cancel_literal(&mut self) {
+        self.reset();
+    }
+
+    /// Forget any partial unit (used after STARTTLS, where everything before
+    /// the handshake is discarded).
+    pub fn reset(&mut self) {
+        self.state = State::Line { starts_unit: true };
+        self.literals_in_unit = 0;
+        self.scanned = 0;
+    }
+
+    /// Report the frame at the front of `input`, or `Ok(None)` if more input
+    /// is needed.  The caller consumes `frame.len()` octets and calls again
+    /// with the rest; on `Ok(None)` it keeps `input` and calls again with the
+    /// same octets followed by new ones.
+    pub fn next(&mut self, input: &[u8]) -> Result<Option<Frame>, FrameError> {
+        match self.state {
+            State::Literal { remaining } => {
+                if input.is_empty() {
+                    return Ok(None);
+                }
+                let take = remaining.min(input.len() as u64);
+                let left = remaining - take;
+                if left == 0 {
+                    self.state = State::Line { starts_unit: false };
+                } else {
+                    self.state = State::Literal { remaining: left };
+                }
+                Ok(Some(Frame::Literal {
+                    // take <= input.len(), so it fits in usize.
+                    len: take as usize,
+                    last: left == 0,
+                }))
+            }
+            State::Line { starts_unit } => self.next_line(input, starts_unit),
+        }
+    }
+
+    fn next_line(&mut self, input: &[u8], starts_unit: bool) -> Result<Option<Frame>, FrameError> {
+        let from = self.scanned.min(input.len());
+        let window_end = input.len().min(self.limits.max_line);
+        let lf = if from < window_end {
+            memchr::memchr(b'\n', &input[from..window_end]).map(|i| from + i)
+        } else {
+            None
+        };
+        let Some(lf) = lf else {
+            if input.len() >= self.limits.max_line {
+                return Err(FrameError::LineTooLong {
+                    max: self.limits.max_line,
+                });
+            }
+            self.scanned = input.len();
+            return Ok(None);
+        };
+        self.scanned = 0;
+        let len = lf + 1;
+        let bare_lf = lf == 0 || input[lf - 1] != b'\r';
+        let body_end = if bare_lf { lf } else { lf - 1 };
+        let literal = match literal_at_end(&input[..body_end]) {
+            LiteralEnd::None => None,
+            LiteralEnd::Overflow { sync } => {
+                self.reset();
+                return Err(FrameError::LiteralOverflow {
+                    line_len: len,
+                    sync,
+                });
+            }
+            LiteralEnd::Header(header) => {
+                if header.len > self.limits.max_literal {
+                    self.reset();
+                    return Err(FrameError::LiteralTooLarge {
+                        line_len: len,
+                        header,
+                        max: self.limits.max_literal,
+                    });
+                }
+                let count = if starts_unit {
+                    1
+                } else {
+                    self.literals_in_unit + 1
+                };
+                if count > self.limits.max_literals_per_unit {
+                    self.reset();
+                    return Err(FrameError::TooManyLiterals {
+                        line_len: len,
+                        header,
+                        max: self.limits.max_literals_per_unit,
+                    });
+                }
+                self.literals_in_unit = count;
+                Some(header)
+            }
+        };
+        match literal {
+            Some(h) if h.len > 0 => self.state = State::Literal { remaining: h.len },
+            Some(_) => self.state = State::Line { starts_unit: false },
+            None => {
+                self.state = State::Line { starts_unit: true };
+                self.literals_in_unit = 0;
+            }
+        }
+        Ok(Some(Frame::Line {
+            len,
+            starts_unit,
+            literal,
+            bare_lf,
+        }))
+    }
+}
+
+enum LiteralEnd {
+    None,
+    Header(LiteralHeader),
+    Overflow { sync: bool },
+}
+
+/// Recognise `literal` / `literal8` announcements at the end of a line
+/// (RFC 9051 §9: `"{" number64 ["+"] "}"` and `"~{" number64 "}"`).
+/// Anything else that ends in `}` (`{-1}`, `{}`, `{5-}`) is not a literal,
+/// so the line is complete and the grammar rejects it.
+fn literal_at_end(line: &[u8]) -> LiteralEnd {
+    let Some((&b'}', rest)) = line.split_last() else {
+        return LiteralEnd::None;
+    };
+    let (sync, rest) = match rest.split_last() {
+        Some((&b'+', r)) => (false, r),
+        _ => (true, rest),
+    };
+    let digits_start = match rest.iter().rposition(|b| !b.is_ascii_digit()) {
+        Some(i) => i + 1,
+        None => return LiteralEnd::None,
+    };
+    if rest[digits_start - 1] != b'{' || digits_start == rest.len() {
+        return LiteralEnd::None;
+    }
+    let digits = &rest[digits_start..];
+    let binary = digits_start >= 2 && rest[digits_start - 2] == b'~';
+    let mut len: u64 = 0;
+    for &d in digits {
+        len = match len
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(d - b'0')))
+        {
+            Some(v) if v <= i64::MAX as u64 => v,
+            _ => return LiteralEnd::Overflow { sync },
+        };
+    }
+    LiteralEnd::Header(LiteralHeader { len, sync, binary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frame `input` completely, feeding it in chunks of `chunk` octets the
+    /// way a socket might, and return (frame, bytes) pairs.
+    pub(crate) fn frame_all(
+        limits: Limits,
+        input: &[u8],
+        chunk: usize,
+    ) -> Result<Vec<(Frame, Vec<u8>)>, FrameError> {
+        let mut framer = Framer::new(limits);
+        let mut out: Vec<(Frame, Vec<u8>)> = Vec::new();
+        let mut held: Vec<u8> = Vec::new();
+        let mut fed = 0;
+        while fed < input.len() || !held.is_empty() {
+            let end = (fed + chunk).min(input.len());
+            held.extend_from_slice(&input[fed..end]);
+            fed = end;
+            loop {
+                match framer.next(&held)? {
+                    Some(f) => {
+                        let bytes: Vec<u8> = held.drain(..f.len()).collect();
+                        // Merge literal chunks so results are chunking-independent.
+                        if let (
+                            Frame::Literal { last, .. },
+                            Some((Frame::Literal { len, last: plast }, prev)),
+                        ) = (f, out.last_mut())
+                        {
+                            if !*plast {
+                                prev.extend_from_slice(&bytes);
+                                *len += f.len();
+                                *plast = last;
+                                continue;
+                            }
+                        }
+                        out.push((f, bytes));
+                    }
+                    None => break,
+                }
+            }
+            if fed == input.len() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn lit(len: u64, sync: bool) -> Option<LiteralHeader> {
+        Some(LiteralHeader {
+            len,
+            sync,
+            binary: false,
+        })
+    }
+
+    fn every_chunking(input: &[u8]) -> Vec<(Frame, Vec<u8>)> {
+        let whole = frame_all(Limits::default(), input, input.len().max(1)).unwrap();
+        for chunk in 1..input.len().max(1) {
+            assert_eq!(
+                frame_all(Limits::default(), input, chunk).unwrap(),
+                whole,
+                "chunk size {chunk}"
+            );
+        }
+        whole
+    }
+
+    #[test]
+    fn simple_lines() {
+        let frames = every_chunking(b"a001 NOOP\r\na002 LOGOUT\r\n");
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].1, b"a001 NOOP\r\n");
+        assert!(matches!(
+            frames[1].0,
+            Frame::Line {
+                starts_unit: true,
+                literal: None,
+                bare_lf: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rfc3501_login_with_literal() {
+        // RFC 3501 §6.2.3 example, password sent as a literal.
+        let input = b"a001 LOGIN SMITH {6}\r\nSESAME\r\n";
+        let frames = every_chunking(input);
+        assert_eq!(frames.len(), 3);
+        assert_eq!(
+            frames[0].0,
+            Frame::Line {
+                len: 22,
+                starts_unit: true,
+                literal: lit(6, true),
+                bare_lf: false
+            }
+        );
+        assert_eq!(frames[1].1, b"SESAME");
+        assert_eq!(
+            frames[2].0,
+            Frame::Line {
+                len: 2,
+                starts_unit: false,
+                literal: None,
+                bare_lf: false
+            }
+        );
+    }
+
+    #[test]
+    fn fetch_response_literal_contains_fake_tagged_line() {
+        let body = b"A001 OK fake\r\n* BYE fake\r\n";
+        let mut input = format!("* 1 FETCH (BODY[] {{{}}}\r\n", body.len()).into_bytes();
+        input.extend_from_slice(body);
+        input.extend_from_slice(b")\r\nA001 OK done\r\n");
+        let frames = every_chunking(&input);
+        assert_eq!(frames.len(), 4);
+        assert_eq!(frames[1].1, body);
+        assert_eq!(frames[3].1, b"A001 OK done\r\n");
+        assert!(matches!(
+            frames[3].0,
+            Frame::Line {
+                starts_unit: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn non_sync_and_binary_literals() {
+        let frames = every_chunking(b"a APPEND x {3+}\r\nabc ~{2}\r\n\0\x01\r\n");
+        assert_eq!(
+            frames[0].0,
+            Frame::Line {
+                len: 17,
+                starts_unit: true,
+                literal: lit(3, false),
+                bare_lf: false
+            }
+        );
+        assert_eq!(
+            frames[2].0,
+            Frame::Line {
+                len: 7,
+                starts_unit: false,
+                literal: Some(LiteralHeader {
+                    len: 2,
+                    sync: true,
+                    binary: true
+                }),
+                bare_lf: false
+            }
+        );
+        assert_eq!(frames[3].1, b"\0\x01");
+    }
+
+    #[test]
+    fn zero_length_literal() {
+        let frames = every_chunking(b"a LOGIN {0}\r\n {0+}\r\n\r\nb NOOP\r\n");
+        assert_eq!(frames.len(), 4);
+        assert_eq!(
+            frames[0].0,
+            Frame::Line {
+                len: 13,
+                starts_unit: true,
+                literal: lit(0, true),
+                bare_lf: false
+            }
+        );
+        assert_eq!(frames[1].1, b" {0+}\r\n");
+        assert_eq!(frames[2].1, b"\r\n");
+        assert!(matches!(
+            frames[3].0,
+            Frame::Line {
+                starts_unit: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn not_literals() {
+        for line in [
+            &b"a X {-1}\r\n"[..],
+            b"a X {}\r\n",
+            b"a X {5-}\r\n",
+            b"a X 5}\r\n",
+            b"}\r\n",
+            b"a X {+}\r\n",
+        ] {
+            let frames = every_chunking(line);
+            assert_eq!(frames.len(), 1, "{:?}", String::from_utf8_lossy(line));
+            assert!(frames[0].0.ends_unit());
+        }
+    }
+
+    #[test]
+    fn bare_lf() {
+        let frames = every_chunking(b"a NOOP\nb NOOP\r\n\n");
+        assert_eq!(frames.len(), 3);
+        assert!(matches!(
+            frames[0].0,
+            Frame::Line {
+                bare_lf: true,
+                len: 7,
+                ..
+            }
+        ));
+        assert!(matches!(frames[1].0, Frame::Line { bare_lf: false, .. }));
+        assert!(matches!(
+            frames[2].0,
+            Frame::Line {
+                bare_lf: true,
+                len: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn line_too_long_before_buffering_more() {
+        let limits = Limits {
+            max_line: 16,
+            ..Limits::default()
+        };
+        let mut f = Framer::new(limits);
+        assert_eq!(f.next(b"a NOOP aaaaaaa"), Ok(None));
+        assert_eq!(
+            f.next(b"a NOOP aaaaaaaaa"),
+            Err(FrameError::LineTooLong { max: 16 })
+        );
+        // A line of exactly the limit is fine.
+        let mut f = Framer::new(limits);
+        assert!(f.next(b"a NOOP aaaaaaa\r\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn literal_limits() {
+        let limits = Limits {
+            max_literal: 10,
+            max_literals_per_unit: 2,
+            ..Limits::default()
+        };
+        let mut f = Framer::new(limits);
+        let e = f.next(b"a LOGIN {11}\r\n").unwrap_err();
+        assert_eq!(e.line_len(), Some(14));
+        assert!(!e.payload_follows());
+        assert!(f.at_unit_start());
+        let e = f.next(b"a LOGIN {11+}\r\n").unwrap_err();
+        assert!(e.payload_follows());
+        let e = f.next(b"a X {99999999999999999999}\r\n").unwrap_err();
+        assert!(matches!(e, FrameError::LiteralOverflow { sync: true, .. }));
+        let e = f.next(b"a X {9223372036854775808}\r\n").unwrap_err();
+        assert!(matches!(e, FrameError::LiteralOverflow { .. }));
+
+        let mut f = Framer::new(limits);
+        let input = b"a X {1}\r\nx {1}\r\ny {1}\r\n";
+        assert!(f.next(input).unwrap().is_some());
+        assert!(f.next(&input[9..]).unwrap().is_some());
+        assert!(f.next(&input[10..]).unwrap().is_some());
+        assert!(f.next(&input[16..]).unwrap().is_some());
+        let e = f.next(&input[17..]).unwrap_err();
+        assert!(matches!(e, FrameError::TooManyLiterals { max: 2, .. }));
+    }
+
+    #[test]
+    fn cancel_sync_literal() {
+        let mut f = Framer::new(Limits::default());
+        let fr = f.next(b"a LOGIN {5}\r\n").unwrap().unwrap();
+        assert!(matches!(
+            fr,
+            Frame::Line {
+                literal: Some(_),
+                ..
+            }
+        ));
+        assert!(f.in_literal());
+        f.cancel_literal();
+        assert!(f.at_unit_start());
+        let fr = f.next(b"b NOOP\r\n").unwrap().unwrap();
+        assert!(matches!(
+            fr,
+            Frame::Line {
+                starts_unit: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn huge_literal_streams_in_chunks() {
+        let mut f = Framer::new(Limits::default());
+        f.next(b"* 1 FETCH (BODY[] {50000000}\r\n").unwrap();
+        let chunk = vec![b'x'; 16384];
+        let mut total = 0u64;
+        while f.in_literal() {
+            let fr = f.next(&chunk).unwrap().unwrap();
+            total += fr.len() as u64;
+        }
+        assert_eq!(total, 50_000_000);
+    }
+}

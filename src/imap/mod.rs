@@ -1,0 +1,22 @@
+//! The IMAP protocol core, sans I/O: bytes in, frames and typed values out.
+//!
+//! - [`framer`]: splits a byte stream into lines and literal payload.
+//! - [`command`]: nom grammar for client commands.
+//! - [`response`]: classifier for server responses.
+//! - [`encode`]: serializers for what the gateway writes itself.
+//! - [`capability`]: what the gateway advertises, and the post-login allow-list.
+//! - [`secret`]: `Secret<T>` for passwords and SASL data.
+//!
+//! Nothing here touches sockets or tokio, so all of it is unit-tested and
+//! fuzzed on byte slices.
+
+pub mod capability;
+pub mod command;
+pub mod encode;
+pub mod framer;
+pub mod response;
+pub mod secret;
+
+pub use command::{Command, CommandBody, Mailbox, Tag};
+pub use framer::{Frame, FrameError, Framer, Limits, LiteralHeader};
+pub use secret::Secret;
