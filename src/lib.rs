@@ -2,4 +2,7 @@
 //! module's own docs say what it owns.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod config;
 pub mod imap;
+pub mod session;
