@@ -5,4 +5,8 @@
 pub mod auth;
 pub mod config;
 pub mod imap;
+pub mod relay;
+pub mod route;
+pub mod runtime;
+pub mod server;
 pub mod session;
