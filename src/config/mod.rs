@@ -43,12 +43,17 @@ pub struct ListenerConfig {
     /// Address and port to listen on.
     pub address: SocketAddr,
     /// Networks whose clients may authenticate without TLS (RFC 8314 §4:
-    /// cleartext is refused otherwise).  Loopback clients always may.
-    #[serde(default)]
+    /// cleartext is refused otherwise).  Default: loopback only.  Set to
+    /// `[]` to refuse cleartext logins from everyone.
+    #[serde(default = "default_trusted_networks")]
     pub trusted_networks: Vec<IpNet>,
     /// SASL mechanisms offered in AUTHENTICATE.
     #[serde(default = "default_mechanisms")]
     pub mechanisms: Vec<String>,
+}
+
+fn default_trusted_networks() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"].iter().map(|n| n.parse().expect("literal network")).collect()
 }
 
 fn default_mechanisms() -> Vec<String> {

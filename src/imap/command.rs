@@ -284,10 +284,29 @@ fn initial_resp(input: &[u8]) -> IResult<&[u8], InitialResponse> {
     ))(input)
 }
 
-/// `base64 = *(4base64-char) [base64-terminal]` (RFC 9051 §9); only the
-/// character set is checked here, decoding validates the rest.
+/// `base64 = *(4base64-char) [base64-terminal]`, `base64-char = ALPHA /
+/// DIGIT / "+" / "/"`, `base64-terminal = (2base64-char "==") /
+/// (3base64-char "=")` (RFC 9051 §9), non-empty here (an empty initial
+/// response is `=`).  The structure is checked, not only the alphabet: RFC
+/// 9051 §6.2.2 says a non-terminal `=` must be rejected.  Decoding is left
+/// to the SASL code.
 fn base64(input: &[u8]) -> IResult<&[u8], &[u8]> {
-    take_while1(|c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=')(input)
+    let chars = input.iter().take_while(|&&c| is_base64_char(c)).count();
+    let pad = input[chars..]
+        .iter()
+        .take(2)
+        .take_while(|&&c| c == b'=')
+        .count();
+    let len = chars + pad;
+    if len == 0 || len % 4 != 0 {
+        return Err(err(input, nom::error::ErrorKind::TakeWhile1));
+    }
+    Ok((&input[len..], &input[..len]))
+}
+
+/// `base64-char = ALPHA / DIGIT / "+" / "/"` (RFC 9051 §9).
+pub fn is_base64_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'+' || c == b'/'
 }
 
 /// `id = "ID" SP id-params-list` (RFC 2971 §4).

@@ -124,6 +124,12 @@ fn status_line(tag: &str, word: &str, code: Option<&str>, text: &str) -> Vec<u8>
         out.push(b']');
     }
     out.push(b' ');
+    if code.is_none() && text.starts_with('[') {
+        // `resp-text = ["[" resp-text-code "]" SP] [text]` (RFC 9051 §9):
+        // text opening with "[" would read as a response code (a relayed
+        // "[ALERT] …" would become an alert).  A leading SP keeps it text.
+        out.push(b' ');
+    }
     out.extend_from_slice(sanitize_text(text).as_bytes());
     out.extend_from_slice(b"\r\n");
     out

@@ -13,10 +13,19 @@
 //! reported once its line ending is present; callers keep at most
 //! `max_line` bytes of an incomplete line, which the framer enforces.
 //!
+//! The two directions differ in one way only: in server responses a status
+//! response (`tag OK|NO|BAD`, `* OK|NO|BAD|BYE|PREAUTH`) or a continuation
+//! request (`+ …`) never carries a literal (RFC 9051 §9: `resp-text`,
+//! `continue-req`), so a `{5}` at the end of its human-readable text is text.
+//! Treating it as a literal would let a peer who gets text echoed (a mailbox
+//! name in a NO, say) make the gateway swallow the next response.  See
+//! [`Direction`].
+//!
 //! Invariants: reported frame lengths always sum to exactly the bytes the
 //! caller consumed, in order (frames partition the input); `next` never
 //! panics on any input; limits are checked before the caller has to keep any
-//! more bytes.
+//! more bytes.  [`crate::imap::check`] states these as code; the fuzz
+//! targets and the corpus replay test run it.
 
 use std::fmt;
 
@@ -157,6 +166,21 @@ impl FrameError {
     }
 }
 
+/// Which direction of the connection a framer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// Commands, client → server.  Every line ending in a literal
+    /// announcement announces a literal.
+    #[default]
+    ClientToServer,
+    /// Responses, server → client.  As for commands, except that the first
+    /// line of a status response or continuation request never announces a
+    /// literal (RFC 9051 §9: `response-tagged`, `resp-cond-state`,
+    /// `resp-cond-bye`, `resp-cond-auth` and `continue-req` contain only
+    /// `resp-text`, which has no literal).
+    ServerToClient,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Expecting a line; `starts_unit` when it begins a new unit.
@@ -170,6 +194,7 @@ enum State {
 #[derive(Clone)]
 pub struct Framer {
     limits: Limits,
+    direction: Direction,
     state: State,
     literals_in_unit: u32,
     /// How far into the current incomplete line we already looked for LF,
@@ -180,6 +205,7 @@ pub struct Framer {
 impl fmt::Debug for Framer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Framer")
+            .field("direction", &self.direction)
             .field("state", &self.state)
             .field("literals_in_unit", &self.literals_in_unit)
             .finish()
@@ -187,13 +213,29 @@ impl fmt::Debug for Framer {
 }
 
 impl Framer {
+    /// A framer for client commands (same as
+    /// `Framer::with_direction(limits, Direction::ClientToServer)`).
     pub fn new(limits: Limits) -> Self {
+        Framer::with_direction(limits, Direction::ClientToServer)
+    }
+
+    /// A framer for server responses.
+    pub fn for_responses(limits: Limits) -> Self {
+        Framer::with_direction(limits, Direction::ServerToClient)
+    }
+
+    pub fn with_direction(limits: Limits, direction: Direction) -> Self {
         Framer {
             limits,
+            direction,
             state: State::Line { starts_unit: true },
             literals_in_unit: 0,
             scanned: 0,
         }
+    }
+
+    pub fn direction(&self) -> Direction {
+        self.direction
     }
 
     pub fn limits(&self) -> Limits {
@@ -286,7 +328,15 @@ impl Framer {
         let len = lf + 1;
         let bare_lf = lf == 0 || input[lf - 1] != b'\r';
         let body_end = if bare_lf { lf } else { lf - 1 };
-        let literal = match literal_at_end(&input[..body_end]) {
+        let mut end = literal_at_end(&input[..body_end]);
+        if starts_unit
+            && self.direction == Direction::ServerToClient
+            && !matches!(end, LiteralEnd::None)
+            && is_status_or_continuation(&input[..body_end])
+        {
+            end = LiteralEnd::None;
+        }
+        let literal = match end {
             LiteralEnd::None => None,
             LiteralEnd::Overflow { sync } => {
                 self.reset();
@@ -376,6 +426,33 @@ fn literal_at_end(line: &[u8]) -> LiteralEnd {
         };
     }
     LiteralEnd::Header(LiteralHeader { len, sync, binary })
+}
+
+/// Whether a response line is a status response or a continuation request,
+/// which cannot announce a literal (RFC 9051 §9: `continue-req = "+" SP
+/// (resp-text / base64) CRLF`; `response-tagged = tag SP resp-cond-state
+/// CRLF`; `"*" SP (resp-cond-state / resp-cond-bye / resp-cond-auth)`).
+/// Recognises the same lines as [`super::response::classify`] does.
+fn is_status_or_continuation(line: &[u8]) -> bool {
+    if line.first() == Some(&b'+') {
+        return true;
+    }
+    let Some(sp) = memchr::memchr(b' ', line) else {
+        return false;
+    };
+    let (tag, rest) = (&line[..sp], &line[sp + 1..]);
+    let word = match memchr::memchr(b' ', rest) {
+        Some(i) => &rest[..i],
+        None => rest,
+    };
+    let status = [&b"OK"[..], b"NO", b"BAD"]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w));
+    if tag == b"*" {
+        status || word.eq_ignore_ascii_case(b"BYE") || word.eq_ignore_ascii_case(b"PREAUTH")
+    } else {
+        status && !tag.is_empty() && tag.iter().all(|&c| super::command::is_tag_char(c))
+    }
 }
 
 #[cfg(test)]

@@ -6,17 +6,24 @@
 //! - [`encode`]: serializers for what the gateway writes itself.
 //! - [`capability`]: what the gateway advertises, and the post-login allow-list.
 //! - [`secret`]: `Secret<T>` for passwords and SASL data.
+//! - `check` (hidden): the invariants the fuzz targets and the corpus replay
+//!   test share.
 //!
 //! Nothing here touches sockets or tokio, so all of it is unit-tested and
 //! fuzzed on byte slices.
 
 pub mod capability;
+#[doc(hidden)]
+pub mod check;
 pub mod command;
 pub mod encode;
 pub mod framer;
 pub mod response;
 pub mod secret;
 
+#[cfg(test)]
+mod tests;
+
 pub use command::{Command, CommandBody, Mailbox, Tag};
-pub use framer::{Frame, FrameError, Framer, Limits, LiteralHeader};
+pub use framer::{Direction, Frame, FrameError, Framer, Limits, LiteralHeader};
 pub use secret::Secret;
