@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod imap;
+pub mod metrics;
 pub mod relay;
 pub mod route;
 pub mod runtime;

@@ -12,7 +12,7 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::relay::{self, Connection};
 use crate::runtime::Current;
-use crate::session::Session;
+use crate::session::{Arrow, Session};
 
 /// Counts live connections; the guard gives the slot back on drop.
 struct Slots {
@@ -39,6 +39,14 @@ impl Slots {
 /// Bind every listener, then serve until SIGINT or SIGTERM.
 pub async fn run(current: Arc<Current>) -> anyhow::Result<()> {
     let runtime = current.load();
+    let metrics = crate::metrics::get();
+    let readiness = Arc::new(crate::metrics::http::Readiness::default());
+    if let Some(admin) = &runtime.config.admin {
+        let listener = TcpListener::bind(admin.address)
+            .await
+            .with_context(|| format!("admin: cannot bind {}", admin.address))?;
+        tokio::spawn(crate::metrics::http::serve(listener, readiness.clone()));
+    }
     let slots = Arc::new(Slots {
         live: AtomicUsize::new(0),
     });
@@ -50,6 +58,7 @@ pub async fn run(current: Arc<Current>) -> anyhow::Result<()> {
             .with_context(|| format!("listener {:?}: cannot bind {}", l.name, l.address))?;
         info!(listener = %l.name, address = %l.address, "listening");
         let name: Arc<str> = Arc::from(l.name.as_str());
+        metrics.connections_accepted.with_label_values(&[&l.name]);
         tasks.push(tokio::spawn(accept_loop(
             listener,
             name,
@@ -58,6 +67,7 @@ pub async fn run(current: Arc<Current>) -> anyhow::Result<()> {
             next_id.clone(),
         )));
     }
+    readiness.listeners_bound.store(true, Ordering::Relaxed);
     shutdown_signal().await;
     info!("shutting down");
     for t in tasks {
@@ -84,10 +94,20 @@ async fn accept_loop(
             }
         };
         let runtime = current.load();
+        let metrics = crate::metrics::get();
         let Some(slot) = slots.try_take(runtime.config.limits.max_connections) else {
+            metrics
+                .connections_rejected
+                .with_label_values(&[&name, "max_connections"])
+                .inc();
+            metrics.arrow(Arrow::ByeGreeting.number());
             tokio::spawn(turn_away(stream));
             continue;
         };
+        metrics
+            .connections_accepted
+            .with_label_values(&[&name])
+            .inc();
         let _ = stream.set_nodelay(true);
         let local = match stream.local_addr() {
             Ok(a) => a,

@@ -28,6 +28,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The admin HTTP listener (`/metrics`, `/live`, `/ready`).  Absent:
+    /// no HTTP listener at all.  Restart-only.
+    pub admin: Option<AdminConfig>,
     /// Directory the config file lives in; relative paths resolve here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -53,7 +56,10 @@ pub struct ListenerConfig {
 }
 
 fn default_trusted_networks() -> Vec<IpNet> {
-    ["127.0.0.0/8", "::1/128"].iter().map(|n| n.parse().expect("literal network")).collect()
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|n| n.parse().expect("literal network"))
+        .collect()
 }
 
 fn default_mechanisms() -> Vec<String> {
@@ -167,6 +173,18 @@ impl LimitsConfig {
     pub fn backend_login_timeout(&self) -> Duration {
         Duration::from_secs(self.backend_login_timeout_secs)
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where to serve HTTP; keep it on loopback or a management network.
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9143))
 }
 
 #[derive(Debug, Clone, Deserialize)]

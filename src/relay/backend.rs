@@ -16,6 +16,8 @@ use crate::route::Backend;
 /// A logged-in backend connection, ready to relay.
 #[derive(Debug)]
 pub struct BackendConn {
+    /// The backend's name (metric label).
+    pub name: String,
     pub stream: TcpStream,
     /// The backend's capabilities after login.
     pub capabilities: Vec<String>,
@@ -88,9 +90,14 @@ pub async fn open(
     meta: &ClientMeta,
     timeouts: Timeouts,
 ) -> Result<BackendConn, BackendError> {
+    let started = std::time::Instant::now();
     let (stream, greeting_caps, reader) = tokio::time::timeout(timeouts.connect, greet(backend))
         .await
         .map_err(|_| BackendError::Timeout("connecting or waiting for the greeting"))??;
+    crate::metrics::get()
+        .backend_connect_duration
+        .with_label_values(&[&backend.name])
+        .observe(started.elapsed().as_secs_f64());
     tokio::time::timeout(
         timeouts.login,
         login(stream, reader, greeting_caps, backend, user, password, meta),
@@ -221,6 +228,7 @@ async fn login(
         None => capability(&mut stream, &mut reader, "G3").await?,
     };
     Ok(BackendConn {
+        name: backend.name.clone(),
         stream,
         capabilities,
         leftover: reader.into_leftover(),

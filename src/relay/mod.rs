@@ -18,7 +18,9 @@ use crate::auth::{Answer, Credentials};
 use crate::imap::command::{parse_command, parse_command_head, ParseError};
 use crate::imap::encode;
 use crate::imap::{Frame, FrameError, Framer, Limits};
+use crate::metrics::{self, StateGauge};
 use crate::runtime::Runtime;
+use crate::session::rules;
 use crate::session::{Action, Arrow, LoginFailure, LoginRequest, Policy, Session, State, User};
 use backend::{BackendConn, ClientMeta};
 
@@ -44,11 +46,10 @@ pub async fn serve(mut client: TcpStream, conn: Connection, runtime: Arc<Runtime
         .iter()
         .find(|l| *l.name == *conn.listener)
         .expect("connection from a configured listener");
-    let trusted = conn.peer.ip().is_loopback()
-        || listener
-            .trusted_networks
-            .iter()
-            .any(|n| n.contains(&conn.peer.ip()));
+    let trusted = listener
+        .trusted_networks
+        .iter()
+        .any(|n| n.contains(&conn.peer.ip()));
     let mut session = Session::new(Policy {
         cleartext_ok: trusted,
         starttls_available: false,
@@ -60,7 +61,10 @@ pub async fn serve(mut client: TcpStream, conn: Connection, runtime: Arc<Runtime
         max_bad_commands: runtime.config.limits.max_bad_commands,
     });
     info!(listener = %conn.listener, "connection opened");
+    let metrics = crate::metrics::get();
+    let mut gauge = StateGauge::new(session.state().label());
     let mut arrows = |arrow: Arrow, state: &State| {
+        metrics.arrow(arrow.number());
         debug!(arrow = arrow.number(), state = state.label(), "transition")
     };
     arrows(Arrow::OkGreeting, session.state());
@@ -105,8 +109,13 @@ pub async fn serve(mut client: TcpStream, conn: Connection, runtime: Arc<Runtime
                 max_idle: limits.max_idle(),
             };
             let BackendConn {
-                stream, leftover, ..
+                stream,
+                leftover,
+                name,
+                ..
             } = backend;
+            gauge.set(session.state().label());
+            let _backend_gauge = crate::metrics::BackendGauge::new(&name);
             let (end, totals) = pump::Pump::new(
                 client,
                 stream,
@@ -114,6 +123,7 @@ pub async fn serve(mut client: TcpStream, conn: Connection, runtime: Arc<Runtime
                 framer_limits,
                 timeouts,
                 &mut arrows,
+                &mut gauge,
             )
             .run(&client_leftover, &leftover)
             .await;
@@ -125,6 +135,11 @@ pub async fn serve(mut client: TcpStream, conn: Connection, runtime: Arc<Runtime
             ("io_error", None)
         }
     };
+    if let Some(arrow) = session.closed() {
+        arrows(arrow, session.state());
+    }
+    gauge.set(session.state().label());
+    metrics.sessions_closed.with_label_values(&[reason]).inc();
     let totals = totals.unwrap_or_default();
     info!(
         duration_ms = started.elapsed().as_millis() as u64,
@@ -224,6 +239,15 @@ async fn not_authenticated(
                 if let Ok(cmd) = &parsed {
                     debug!(tag = %cmd.tag, command = cmd.body.name(), "command");
                 }
+                metrics::get()
+                    .commands
+                    .with_label_values(&[
+                        parsed
+                            .as_ref()
+                            .map_or("other", |c| rules::metric_name(c.body.name())),
+                        "not_authenticated",
+                    ])
+                    .inc();
                 session.command(parsed)
             };
             unit.clear();
@@ -231,11 +255,20 @@ async fn not_authenticated(
             for action in actions {
                 match action {
                     Action::Reply(r) => replies.extend(r),
-                    Action::Transition(arrow) => debug!(
-                        arrow = arrow.number(),
-                        state = session.state().label(),
-                        "transition"
-                    ),
+                    Action::Refused(reason) => {
+                        metrics::get()
+                            .bad_commands
+                            .with_label_values(&[reason])
+                            .inc();
+                    }
+                    Action::Transition(arrow) => {
+                        metrics::get().arrow(arrow.number());
+                        debug!(
+                            arrow = arrow.number(),
+                            state = session.state().label(),
+                            "transition"
+                        )
+                    }
                     Action::Close => {
                         client.write_all(&replies).await?;
                         return Ok(PreAuthEnd::Closed("logout"));
@@ -249,8 +282,10 @@ async fn not_authenticated(
                         let (result, backend) = log_in(&req, conn, runtime).await;
                         let actions = session.login_finished(result);
                         for a in actions {
-                            if let Action::Reply(r) = a {
-                                replies.extend(r);
+                            match a {
+                                Action::Reply(r) => replies.extend(r),
+                                Action::Transition(arrow) => metrics::get().arrow(arrow.number()),
+                                _ => {}
                             }
                         }
                         client.write_all(&std::mem::take(&mut replies)).await?;
@@ -325,6 +360,16 @@ async fn log_in(
         username: &req.username,
         password: &req.password,
     });
+    let m = metrics::get();
+    m.auth_duration.observe(started.elapsed().as_secs_f64());
+    let result_label = match &verdict.answer {
+        Answer::Accept(_) => "ok",
+        Answer::TempFail(_) => "tempfail",
+        Answer::Reject { .. } | Answer::Unknown => "failed",
+    };
+    m.auth_attempts
+        .with_label_values(&[req.mechanism, verdict.passdb, result_label])
+        .inc();
     let info = match verdict.answer {
         Answer::Accept(info) => info,
         answer => {
@@ -379,6 +424,9 @@ async fn log_in(
                 return (Ok((user, caps)), Some(conn));
             }
             Err(e) if e.try_next() => {
+                m.backend_connect_failures
+                    .with_label_values(&[&candidate.name, e.kind()])
+                    .inc();
                 warn!(backend = %candidate.name, error = %e, "backend unusable; trying the next");
             }
             Err(backend::BackendError::Rejected { code, text }) => {
@@ -386,6 +434,9 @@ async fn log_in(
                 return (Err(LoginFailure::Backend { code, text }), None);
             }
             Err(e) => {
+                m.backend_connect_failures
+                    .with_label_values(&[&candidate.name, e.kind()])
+                    .inc();
                 warn!(backend = %candidate.name, error = %e, "backend login failed");
                 return (
                     Err(LoginFailure::Unavailable(

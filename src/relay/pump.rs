@@ -27,6 +27,7 @@ use tokio::time::{Instant, Sleep};
 use crate::imap::encode;
 use crate::imap::response::{classify, Response, Status, Untagged};
 use crate::imap::{capability, Frame, FrameError, Framer, Limits};
+use crate::metrics::{self, StateGauge};
 use crate::session::{Arrow, Session, State, Verdict};
 
 /// Read size, and the per-thread scratch buffer's size.
@@ -147,6 +148,7 @@ pub struct Pump<'s, C, B> {
     last_client: Instant,
     timer: Pin<Box<Sleep>>,
     on_arrow: &'s mut (dyn FnMut(Arrow, &State) + Send),
+    gauge: &'s mut StateGauge,
 }
 
 impl<'s, C, B> Pump<'s, C, B>
@@ -165,6 +167,7 @@ where
         limits: Limits,
         timeouts: Timeouts,
         on_arrow: &'s mut (dyn FnMut(Arrow, &State) + Send),
+        gauge: &'s mut StateGauge,
     ) -> Self {
         let now = Instant::now();
         Pump {
@@ -183,6 +186,7 @@ where
             last_client: now,
             timer: Box::pin(tokio::time::sleep_until(now + timeouts.idle)),
             on_arrow,
+            gauge,
         }
     }
 
@@ -307,6 +311,7 @@ where
             if let Some(arrow) = self.session.closed() {
                 (self.on_arrow)(arrow, self.session.state());
             }
+            self.gauge.set(self.session.state().label());
         }
     }
 
@@ -322,6 +327,7 @@ where
 
     fn on_client_bytes(&mut self, data: &[u8]) {
         self.c2b.bytes += data.len() as u64;
+        metrics::get().relayed_client.inc_by(data.len() as u64);
         self.last_client = Instant::now();
         if self.c2b.partial.is_empty() {
             let used = self.client_frames(data);
@@ -333,6 +339,7 @@ where
             buf.drain(..used);
             self.c2b.partial = buf;
         }
+        self.gauge.set(self.session.state().label());
     }
 
     /// Frame and judge client bytes; returns how many were consumed.
@@ -363,16 +370,30 @@ where
                     {
                         // Both ends must agree where a command ends; a bare
                         // LF is not a line ending in IMAP (RFC 9051 §2.2).
-                        Verdict::Refuse(encode::untagged_bad("Command line must end with CRLF"))
+                        Verdict::Refuse {
+                            reply: encode::untagged_bad("Command line must end with CRLF"),
+                            reason: "bare_lf",
+                        }
                     } else {
                         self.session.client_command(bytes, sync)
                     };
+                    metrics::get()
+                        .commands
+                        .with_label_values(&[
+                            self.session.last_command(),
+                            self.session.state().label(),
+                        ])
+                        .inc();
                     match verdict {
                         Verdict::Forward => {
                             self.forwarding = true;
                             self.c2b.out.extend_from_slice(bytes);
                         }
-                        Verdict::Refuse(reply) => {
+                        Verdict::Refuse { reply, reason } => {
+                            metrics::get()
+                                .bad_commands
+                                .with_label_values(&[reason])
+                                .inc();
                             self.forwarding = false;
                             self.inject(reply);
                             if sync {
@@ -417,6 +438,7 @@ where
 
     fn on_backend_bytes(&mut self, data: &[u8]) {
         self.b2c.bytes += data.len() as u64;
+        metrics::get().relayed_backend.inc_by(data.len() as u64);
         if self.b2c.partial.is_empty() {
             let used = self.backend_frames(data);
             self.b2c.partial.extend_from_slice(&data[used..]);
@@ -427,6 +449,7 @@ where
             buf.drain(..used);
             self.b2c.partial = buf;
         }
+        self.gauge.set(self.session.state().label());
     }
 
     fn backend_frames(&mut self, input: &[u8]) -> usize {

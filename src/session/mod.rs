@@ -59,7 +59,7 @@ use crate::imap::command::{self, parse_command_head, IdParams, InitialResponse, 
 use crate::imap::encode;
 use crate::imap::response::Status;
 use crate::imap::{capability, Command, CommandBody, Mailbox, Secret, Tag};
-use rules::Phase;
+use rules::{Phase, Scope};
 
 /// The authenticated user's canonical name.
 pub type User = Arc<str>;
@@ -221,6 +221,8 @@ pub enum Action {
     Login(LoginRequest),
     /// The session moved along an arrow of the diagram.
     Transition(Arrow),
+    /// The gateway answered BAD itself; a bounded reason for metrics.
+    Refused(&'static str),
     /// Close the connection once replies are written.
     Close,
 }
@@ -238,8 +240,12 @@ enum Pending {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Forward,
-    /// Answer the client with this and do not forward the command.
-    Refuse(Vec<u8>),
+    /// Answer the client with `reply` and do not forward the command;
+    /// `reason` is a bounded label for metrics.
+    Refuse {
+        reply: Vec<u8>,
+        reason: &'static str,
+    },
 }
 
 /// Most state-changing commands that may await their answers at once;
@@ -259,6 +265,8 @@ pub struct Session {
     /// Tag of the command whose unit the client is still sending.
     current: Option<Tag>,
     client_id: IdParams,
+    /// Metric label of the last client command seen.
+    last_command: &'static str,
 }
 
 impl Session {
@@ -271,11 +279,17 @@ impl Session {
             awaiting_literal: None,
             current: None,
             client_id: None,
+            last_command: "other",
         }
     }
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// Metric label (known command name or `other`) of the last command.
+    pub fn last_command(&self) -> &'static str {
+        self.last_command
     }
 
     pub fn policy(&self) -> &Policy {
@@ -326,14 +340,15 @@ impl Session {
     pub fn command(&mut self, parsed: Result<Command, ParseError>) -> Vec<Action> {
         let cmd = match parsed {
             Ok(c) => c,
-            Err(e) => return self.bad(e.tag.as_ref(), e.reason),
+            Err(e) => return self.bad(e.tag.as_ref(), "syntax", e.reason),
         };
         if self.state != State::NotAuthenticated {
             // The relay only parses commands in this state; anything else is
             // a relay bug, answered safely.
-            return self.bad(Some(&cmd.tag), "command not expected now");
+            return self.bad(Some(&cmd.tag), "wrong_state", "command not expected now");
         }
         let tag = cmd.tag;
+        self.last_command = rules::metric_name(cmd.body.name());
         let ok = |text: &str| Action::Reply(encode::tagged(&tag, Status::Ok, None, text));
         match cmd.body {
             CommandBody::Capability => vec![
@@ -356,7 +371,11 @@ impl Session {
                 if self.policy.starttls_available {
                     vec![ok("Begin TLS negotiation now"), Action::StartTls]
                 } else {
-                    self.bad(Some(&tag), "STARTTLS is not available on this connection")
+                    self.bad(
+                        Some(&tag),
+                        "wrong_state",
+                        "STARTTLS is not available on this connection",
+                    )
                 }
             }
             CommandBody::Login { username, password } => {
@@ -372,20 +391,20 @@ impl Session {
                 let name = body.name().to_owned();
                 let scope = rules::scope(&name);
                 let text = rules::refusal(&name, scope, Phase::NotAuthenticated);
-                self.bad(Some(&tag), &text)
+                self.bad(Some(&tag), "wrong_state", &text)
             }
         }
     }
 
     /// A tagged or untagged BAD; too many of them before login end the
     /// connection (a client that keeps sending garbage is not a client).
-    fn bad(&mut self, tag: Option<&Tag>, text: &str) -> Vec<Action> {
+    fn bad(&mut self, tag: Option<&Tag>, reason: &'static str, text: &str) -> Vec<Action> {
         self.bad_commands += 1;
         let reply = match tag {
             Some(t) => encode::tagged(t, Status::Bad, None, text),
             None => encode::untagged_bad(text),
         };
-        let mut actions = vec![Action::Reply(reply)];
+        let mut actions = vec![Action::Reply(reply), Action::Refused(reason)];
         if self.bad_commands >= self.policy.max_bad_commands {
             actions.push(Action::Reply(encode::untagged(
                 "BYE",
@@ -506,20 +525,28 @@ impl Session {
     /// to cancel.
     pub fn sasl_response(&mut self, line: &[u8]) -> Vec<Action> {
         let State::Authenticating { tag, .. } = &self.state else {
-            return self.bad(None, "no authentication exchange in progress");
+            return self.bad(
+                None,
+                "wrong_state",
+                "no authentication exchange in progress",
+            );
         };
         let tag = tag.clone();
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line == b"*" {
             self.state = State::NotAuthenticated;
-            return self.bad(Some(&tag), "AUTHENTICATE cancelled");
+            return self.bad(Some(&tag), "auth_cancelled", "AUTHENTICATE cancelled");
         }
         match base64::engine::general_purpose::STANDARD.decode(line) {
             Ok(decoded) => self.sasl_decoded(decoded),
             Err(_) => {
                 self.state = State::NotAuthenticated;
-                self.bad(Some(&tag), "Invalid base64 in authentication response")
+                self.bad(
+                    Some(&tag),
+                    "syntax",
+                    "Invalid base64 in authentication response",
+                )
             }
         }
     }
@@ -537,7 +564,7 @@ impl Session {
                 let (Some(authzid), Some(authcid), Some(passwd)) =
                     (parts.next(), parts.next(), parts.next())
                 else {
-                    return self.bad(Some(&tag), "Malformed PLAIN response");
+                    return self.bad(Some(&tag), "syntax", "Malformed PLAIN response");
                 };
                 if !authzid.is_empty() && authzid != authcid {
                     return vec![Action::Reply(encode::tagged(
@@ -625,17 +652,30 @@ impl Session {
             Ok(h) => h,
             Err(e) => {
                 let text = format!("Invalid command: {}", e.reason);
-                return Verdict::Refuse(match e.tag {
-                    Some(t) => encode::tagged(&t, Status::Bad, None, &text),
-                    None => encode::untagged_bad(&text),
-                });
+                self.last_command = "other";
+                return Verdict::Refuse {
+                    reply: match e.tag {
+                        Some(t) => encode::tagged(&t, Status::Bad, None, &text),
+                        None => encode::untagged_bad(&text),
+                    },
+                    reason: "syntax",
+                };
             }
         };
+        self.last_command = rules::metric_name(&name);
         let scope = rules::scope(&name);
         let phases = self.possible_phases();
         if !phases.iter().any(|&p| rules::allowed(scope, p)) {
             let text = rules::refusal(&name, scope, self.state.phase());
-            return Verdict::Refuse(encode::tagged(&tag, Status::Bad, None, &text));
+            let reason = if matches!(scope, Scope::Refused(_)) {
+                "unsupported"
+            } else {
+                "wrong_state"
+            };
+            return Verdict::Refuse {
+                reply: encode::tagged(&tag, Status::Bad, None, &text),
+                reason,
+            };
         }
         let pending = match name.as_str() {
             "SELECT" | "EXAMINE" => Some(Pending::Select(select_mailbox(line, name.len()))),
@@ -646,12 +686,15 @@ impl Session {
         };
         if let Some(p) = pending {
             if self.pending.len() >= MAX_PENDING {
-                return Verdict::Refuse(encode::tagged(
-                    &tag,
-                    Status::Bad,
-                    None,
-                    "Too many state-changing commands in flight; wait for their answers",
-                ));
+                return Verdict::Refuse {
+                    reply: encode::tagged(
+                        &tag,
+                        Status::Bad,
+                        None,
+                        "Too many state-changing commands in flight; wait for their answers",
+                    ),
+                    reason: "too_many_pending",
+                };
             }
             self.pending.push((tag.clone(), p));
         }

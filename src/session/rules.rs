@@ -45,6 +45,69 @@ pub fn scope(name: &str) -> Scope {
     }
 }
 
+/// Every command name the table knows, for bounded metric labels.
+const KNOWN: &[&str] = &[
+    "CAPABILITY",
+    "NOOP",
+    "LOGOUT",
+    "ID",
+    "STARTTLS",
+    "LOGIN",
+    "AUTHENTICATE",
+    "SELECT",
+    "EXAMINE",
+    "CREATE",
+    "DELETE",
+    "RENAME",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "LIST",
+    "LSUB",
+    "XLIST",
+    "STATUS",
+    "APPEND",
+    "NAMESPACE",
+    "IDLE",
+    "GETQUOTA",
+    "GETQUOTAROOT",
+    "SETQUOTA",
+    "GETACL",
+    "SETACL",
+    "DELETEACL",
+    "LISTRIGHTS",
+    "MYRIGHTS",
+    "GETMETADATA",
+    "SETMETADATA",
+    "NOTIFY",
+    "ENABLE",
+    "CHECK",
+    "CLOSE",
+    "UNSELECT",
+    "EXPUNGE",
+    "SEARCH",
+    "ESEARCH",
+    "FETCH",
+    "STORE",
+    "COPY",
+    "MOVE",
+    "UID",
+    "SORT",
+    "THREAD",
+    "REPLACE",
+    "COMPRESS",
+    "UNAUTHENTICATE",
+];
+
+/// The metric label for a command name: itself if the table knows it,
+/// `other` otherwise, so clients cannot create label values.
+pub fn metric_name(name: &str) -> &'static str {
+    KNOWN
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .copied()
+        .unwrap_or("other")
+}
+
 /// Coarse state for the table (the session's own `State` carries data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -124,6 +187,11 @@ mod tests {
                 [na, au, se],
                 "{name}"
             );
+        }
+        assert_eq!(metric_name("fetch"), "FETCH");
+        assert_eq!(metric_name("XEVIL\r\n"), "other");
+        for k in KNOWN {
+            assert_ne!(scope(k), Scope::Unknown, "{k}");
         }
         assert_eq!(
             refusal("FETCH", scope("FETCH"), Authenticated),

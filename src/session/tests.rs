@@ -264,7 +264,7 @@ fn arrow6_close_unselect_and_failed_select() {
     assert_eq!(s.state().label(), "authenticated");
     // ...and the next FETCH is the gateway's BAD, not forwarded.
     match s.client_command(b"f1 FETCH 1 FLAGS\r\n", false) {
-        Verdict::Refuse(r) => assert_eq!(
+        Verdict::Refuse { reply: r, .. } => assert_eq!(
             String::from_utf8(r).unwrap(),
             "f1 BAD FETCH requires a selected mailbox (SELECT or EXAMINE first); session is in authenticated state\r\n"
         ),
@@ -300,7 +300,7 @@ fn refusals_after_login() {
         ("e FETCH 1 FLAGS\r\n", "e BAD FETCH requires a selected mailbox (SELECT or EXAMINE first); session is in authenticated state\r\n"),
     ] {
         match s.client_command(line.as_bytes(), false) {
-            Verdict::Refuse(r) => assert_eq!(String::from_utf8(r).unwrap(), expect),
+            Verdict::Refuse { reply: r, .. } => assert_eq!(String::from_utf8(r).unwrap(), expect),
             v => panic!("{line}: {v:?}"),
         }
     }

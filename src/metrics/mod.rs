@@ -1,0 +1,304 @@
+//! Metric definitions, once, in one registry; the [`http`] admin listener
+//! serves them.
+//!
+//! Every family is prefixed `imapgate_`, has its unit in the name, and only
+//! bounded labels (listener, backend, state, arrow, command, mechanism,
+//! passdb, result, reason, direction): never a user, an address or a
+//! mailbox.  Families are created at startup so `/metrics` lists them all
+//! before the first session.
+
+pub mod http;
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::session::rules;
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Connections accepted, by listener.
+    pub connections_accepted: IntCounterVec,
+    /// Connections turned away before the greeting, by listener and reason.
+    pub connections_rejected: IntCounterVec,
+    /// Live sessions by diagram state.
+    pub sessions: IntGaugeVec,
+    /// State transitions by diagram arrow (1–7).
+    pub transitions: IntCounterVec,
+    /// Client commands by command name and state.
+    pub commands: IntCounterVec,
+    /// BAD answers the gateway gave itself, by reason.
+    pub bad_commands: IntCounterVec,
+    /// Login attempts at the edge by mechanism, passdb and result.
+    pub auth_attempts: IntCounterVec,
+    /// Time to decide a login at the edge (passdb lookup).
+    pub auth_duration: Histogram,
+    /// Backend connections in use, by backend.
+    pub backend_sessions: IntGaugeVec,
+    /// Time to connect to a backend and read its greeting.
+    pub backend_connect_duration: HistogramVec,
+    /// Failed backend opens by backend and kind.
+    pub backend_connect_failures: IntCounterVec,
+    /// Bytes relayed by direction (`client_to_backend`, `backend_to_client`).
+    pub relayed_bytes: IntCounterVec,
+    /// Sessions ended, by reason.
+    pub sessions_closed: IntCounterVec,
+    /// Config reloads by result.
+    pub config_reloads: IntCounterVec,
+    /// TLS handshakes by listener, result and protocol version.
+    pub tls_handshakes: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    pub relayed_client: IntCounter,
+    pub relayed_backend: IntCounter,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process's metrics (created on first use).
+pub fn get() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+/// Latency buckets from 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "imapgate",
+            );
+            registry
+                .register(Box::new(pc))
+                .expect("process collector registered once");
+        }
+        let r = &registry;
+        let auth_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "imapgate_auth_duration_seconds",
+                "Time to decide a login at the edge.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(auth_duration.clone()))
+            .expect("metric registered once");
+        let backend_connect_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "imapgate_backend_connect_duration_seconds",
+                "Time to connect to a backend and read its greeting.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["backend"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(backend_connect_duration.clone()))
+            .expect("metric registered once");
+        let relayed_bytes = counter(
+            r,
+            "imapgate_relayed_bytes_total",
+            "Bytes relayed after login, by direction.",
+            &["direction"],
+        );
+        let m = Metrics {
+            connections_accepted: counter(
+                r,
+                "imapgate_connections_accepted_total",
+                "Client connections accepted.",
+                &["listener"],
+            ),
+            connections_rejected: counter(
+                r,
+                "imapgate_connections_rejected_total",
+                "Client connections turned away before the greeting.",
+                &["listener", "reason"],
+            ),
+            sessions: gauge(
+                r,
+                "imapgate_sessions",
+                "Live sessions by state of the IMAP state diagram.",
+                &["state"],
+            ),
+            transitions: counter(
+                r,
+                "imapgate_state_transitions_total",
+                "State transitions by arrow of RFC 3501 §3.",
+                &["arrow"],
+            ),
+            commands: counter(
+                r,
+                "imapgate_commands_total",
+                "Client commands by command and state.",
+                &["command", "state"],
+            ),
+            bad_commands: counter(
+                r,
+                "imapgate_bad_commands_total",
+                "BAD answers given by the gateway, by reason.",
+                &["reason"],
+            ),
+            auth_attempts: counter(
+                r,
+                "imapgate_auth_attempts_total",
+                "Login attempts at the edge by mechanism, passdb and result.",
+                &["mechanism", "passdb", "result"],
+            ),
+            auth_duration,
+            backend_sessions: gauge(
+                r,
+                "imapgate_backend_sessions",
+                "Backend connections in use.",
+                &["backend"],
+            ),
+            backend_connect_duration,
+            backend_connect_failures: counter(
+                r,
+                "imapgate_backend_connect_failures_total",
+                "Failed backend connects or logins, by backend and kind.",
+                &["backend", "kind"],
+            ),
+            relayed_client: relayed_bytes.with_label_values(&["client_to_backend"]),
+            relayed_backend: relayed_bytes.with_label_values(&["backend_to_client"]),
+            relayed_bytes,
+            sessions_closed: counter(
+                r,
+                "imapgate_sessions_closed_total",
+                "Sessions ended, by reason.",
+                &["reason"],
+            ),
+            config_reloads: counter(
+                r,
+                "imapgate_config_reloads_total",
+                "Config reloads by result.",
+                &["result"],
+            ),
+            tls_handshakes: counter(
+                r,
+                "imapgate_tls_handshakes_total",
+                "TLS handshakes by listener, result and protocol version.",
+                &["listener", "result", "version"],
+            ),
+            build_info: gauge(
+                r,
+                "imapgate_build_info",
+                "Build information; always 1.",
+                &["version"],
+            ),
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for state in [
+            "not_authenticated",
+            "authenticated",
+            "selected",
+            "idle",
+            "logout",
+        ] {
+            m.sessions.with_label_values(&[state]);
+        }
+        for arrow in 1..=7u8 {
+            m.transitions.with_label_values(&[arrow_label(arrow)]);
+        }
+        for result in ["ok", "failed", "unavailable"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// Prometheus text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    /// Count a client command; unknown names share the label `other`.
+    pub fn command(&self, name: &str, state: &'static str) {
+        self.commands
+            .with_label_values(&[rules::metric_name(name), state])
+            .inc();
+    }
+
+    pub fn arrow(&self, number: u8) {
+        self.transitions
+            .with_label_values(&[arrow_label(number)])
+            .inc();
+    }
+}
+
+fn arrow_label(number: u8) -> &'static str {
+    ["0", "1", "2", "3", "4", "5", "6", "7"][usize::from(number.min(7))]
+}
+
+/// Tracks one session's contribution to `imapgate_sessions{state}`: moves
+/// it when the state changes and removes it on drop.
+pub struct StateGauge {
+    current: &'static str,
+}
+
+impl StateGauge {
+    pub fn new(state: &'static str) -> StateGauge {
+        get().sessions.with_label_values(&[state]).inc();
+        StateGauge { current: state }
+    }
+
+    pub fn set(&mut self, state: &'static str) {
+        if !std::ptr::eq(state, self.current) && state != self.current {
+            let m = get();
+            m.sessions.with_label_values(&[self.current]).dec();
+            m.sessions.with_label_values(&[state]).inc();
+            self.current = state;
+        }
+    }
+}
+
+impl Drop for StateGauge {
+    fn drop(&mut self) {
+        get().sessions.with_label_values(&[self.current]).dec();
+    }
+}
+
+/// Counts one backend connection in `imapgate_backend_sessions`.
+pub struct BackendGauge(IntGauge);
+
+impl BackendGauge {
+    pub fn new(backend: &str) -> BackendGauge {
+        let g = get().backend_sessions.with_label_values(&[backend]);
+        g.inc();
+        BackendGauge(g)
+    }
+}
+
+impl Drop for BackendGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
