@@ -68,7 +68,7 @@ pub async fn run(current: Arc<Current>) -> anyhow::Result<()> {
         )));
     }
     readiness.listeners_bound.store(true, Ordering::Relaxed);
-    shutdown_signal().await;
+    shutdown_signal(current.clone()).await;
     info!("shutting down");
     for t in tasks {
         t.abort();
@@ -144,17 +144,48 @@ async fn turn_away(mut stream: TcpStream) {
     let _ = stream.write_all(&bye).await;
 }
 
-async fn shutdown_signal() {
+/// Wait for SIGTERM or SIGINT; reload the config on every SIGHUP meanwhile.
+async fn shutdown_signal(current: Arc<Current>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "cannot install SIGTERM handler");
-            return std::future::pending().await;
+    let (mut term, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            error!(error = %e, "cannot install signal handlers");
+            return std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => {
+                reload(&current);
+            }
+        }
+    }
+}
+
+/// Reload the config file: the new runtime serves new sessions; live
+/// sessions keep the snapshot they started with.  A bad file changes
+/// nothing.
+pub fn reload(current: &Current) -> bool {
+    let result = current.reload();
+    let label = if result.is_ok() { "ok" } else { "failed" };
+    crate::metrics::get()
+        .config_reloads
+        .with_label_values(&[label])
+        .inc();
+    match result {
+        Ok(()) => {
+            info!("config reloaded");
+            true
+        }
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "config reload failed; keeping the running config");
+            false
+        }
     }
 }
