@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(path) = cli.check_config {
         return match Config::load(&path)
-            .and_then(|c| Ok(Runtime::build(c).map_err(|e| e.to_string())))
+            .and_then(|c| Ok(Runtime::build(c).map_err(|e| format!("{e:#}"))))
         {
             Ok(Ok(_)) => {
                 println!("{}: OK", path.display());
@@ -96,7 +96,14 @@ fn init_logging(config: &Config) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match config.log.format {
-        LogFormat::Json => builder.json().init(),
+        // Every event carries its session span's fields (id, peer,
+        // listener, tls, user, backend) as `span`, and the span stack as
+        // `spans`, so one session's lines can be grepped by any of them.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
 }

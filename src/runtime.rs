@@ -1,5 +1,5 @@
 //! The runtime snapshot: a validated config plus the parts built from it
-//! (passdbs, router).  Sessions take the snapshot current when they start
+//! (passdbs, router, TLS configs with their certificates).  Sessions take the snapshot current when they start
 //! and keep it; a reload builds a new one and swaps it in atomically.
 
 use std::path::{Path, PathBuf};
@@ -8,26 +8,43 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
-use crate::auth::PassDbChain;
+use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::route::health::Health;
 use crate::route::Router;
+use crate::tls::TlsSet;
 
 pub struct Runtime {
     pub config: Config,
-    pub passdbs: PassDbChain,
+    /// Passdbs with the auth cache (new and empty after a reload),
+    /// brute-force protection and the hashing pool.
+    pub auth: Authenticator,
     pub router: Router,
+    /// TLS acceptors and connectors; certificates are read here, so a
+    /// reload serves new connections with the new certificates.
+    pub tls: TlsSet,
 }
 
 impl Runtime {
     /// Build every runtime part; any failure leaves the caller's current
     /// runtime untouched.
     pub fn build(config: Config) -> anyhow::Result<Runtime> {
-        let passdbs = PassDbChain::from_config(&config).context("building passdbs")?;
-        let router = Router::from_config(&config);
+        Runtime::build_with(config, Arc::new(Health::default()))
+    }
+
+    /// [`Runtime::build`], keeping a running backend health table (health
+    /// and draining survive a reload).
+    pub fn build_with(config: Config, health: Arc<Health>) -> anyhow::Result<Runtime> {
+        let auth = Authenticator::from_config(&config).context("building passdbs")?;
+        let tls = TlsSet::from_config(&config).context("building TLS")?;
+        // Last: it syncs the shared health table, which must stay as it is
+        // if anything before fails.
+        let router = Router::with_health(&config, health);
         Ok(Runtime {
             config,
-            passdbs,
+            auth,
             router,
+            tls,
         })
     }
 }
@@ -55,7 +72,8 @@ impl Current {
     /// error the running config stays in force.
     pub fn reload(&self) -> anyhow::Result<()> {
         let config = Config::load(&self.path)?;
-        let runtime = Runtime::build(config)?;
+        let health = self.load().router.health().clone();
+        let runtime = Runtime::build_with(config, health)?;
         self.runtime.store(Arc::new(runtime));
         Ok(())
     }

@@ -338,7 +338,10 @@ fn id_params_list(input: &[u8]) -> IResult<&[u8], IdParams> {
     })
 }
 
-fn id_pair(input: &[u8]) -> IResult<&[u8], (Vec<u8>, Option<Vec<u8>>)> {
+/// One ID field and its value.
+type IdPair = (Vec<u8>, Option<Vec<u8>>);
+
+fn id_pair(input: &[u8]) -> IResult<&[u8], IdPair> {
     let short = |v: &Vec<u8>| v.len() <= MAX_ID_VALUE;
     let (input, field) = verify(string, short)(input)?;
     let (input, value) = preceded(char(' '), nstring)(input)?;
@@ -368,7 +371,12 @@ fn enable_args(input: &[u8]) -> IResult<&[u8], CommandBody> {
 /// RFC 4466 §2.1).  Parameters are kept raw: the backend interprets them.
 fn select_args(input: &[u8]) -> IResult<&[u8], (Mailbox, Option<Vec<u8>>)> {
     let (input, mailbox) = preceded(char(' '), mailbox)(input)?;
-    let (input, params) = opt(preceded(char(' '), paren_list_raw))(input)?;
+    // `select-params = SP "(" select-param *(SP select-param) ")"`: at
+    // least one parameter, so `()` is not a parameter list.
+    let (input, params) = opt(preceded(
+        char(' '),
+        verify(paren_list_raw, |p: &[u8]| p != b"()"),
+    ))(input)?;
     Ok((input, (mailbox, params.map(<[u8]>::to_vec))))
 }
 
@@ -737,6 +745,493 @@ mod tests {
         assert_eq!(
             parse_command_head(b"x9 uid fetch 1 (FLAGS)\r\n").unwrap().1,
             "UID"
+        );
+    }
+
+    // ---- Known answers: every fully parsed command --------------------
+
+    use crate::imap::check;
+    use crate::imap::framer::{Direction, Limits};
+
+    /// Frame `input` as the relay would (every chunking, see
+    /// `check::all_chunkings_agree`), insist it is exactly one command unit,
+    /// then parse it.
+    fn unit(input: &[u8]) -> Result<Command, ParseError> {
+        let run = check::all_chunkings_agree(
+            Limits::default(),
+            Direction::ClientToServer,
+            input,
+            &[1, 2, 3, 5, 7],
+            check::Policy::default(),
+        )
+        .unwrap_or_else(|v| panic!("{v}"));
+        assert_eq!(run.consumed, input.len(), "not one whole unit");
+        let units = run
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    check::Event::Line {
+                        starts_unit: true,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(units, 1, "{}", input.escape_ascii());
+        // The parser agrees with the fuzz invariants too.
+        check::command_case(input).unwrap_or_else(|v| panic!("{v}"));
+        parse_command(input)
+    }
+
+    fn login(user: &[u8], pass: &[u8]) -> CommandBody {
+        CommandBody::Login {
+            username: user.to_vec(),
+            password: Secret::new(pass.to_vec()),
+        }
+    }
+
+    fn other(name: &[u8]) -> Mailbox {
+        Mailbox::Other(name.to_vec())
+    }
+
+    #[test]
+    fn every_command_known_answers() {
+        use CommandBody as B;
+        let ir = |m: &str, r: &[u8]| B::Authenticate {
+            mechanism: m.into(),
+            initial: Some(InitialResponse::Base64(Secret::new(r.to_vec()))),
+        };
+        let cases: Vec<(&str, &[u8], &str, CommandBody)> = vec![
+            ("RFC 3501 §6.1.1", b"abcd CAPABILITY\r\n", "abcd", B::Capability),
+            ("RFC 3501 §6.1.2", b"a002 NOOP\r\n", "a002", B::Noop),
+            ("RFC 3501 §6.1.3", b"A023 LOGOUT\r\n", "A023", B::Logout),
+            ("RFC 3501 §6.2.1", b"a002 STARTTLS\r\n", "a002", B::StartTls),
+            ("RFC 3501 §6.2.3", b"a001 LOGIN SMITH SESAME\r\n", "a001", login(b"SMITH", b"SESAME")),
+            ("RFC 3501 §8", b"a001 login mrc secret\r\n", "a001", login(b"mrc", b"secret")),
+            ("RFC 5530 §3", b"a LOGIN \"fred\" \"foo\"\r\n", "a", login(b"fred", b"foo")),
+            (
+                "RFC 7888 §4",
+                b"A001 LOGIN \"FRED FOOBAR\" \"fat man\"\r\n",
+                "A001",
+                login(b"FRED FOOBAR", b"fat man"),
+            ),
+            (
+                "RFC 7888 §4",
+                b"A001 LOGIN {11+}\r\nFRED FOOBAR {7+}\r\nfat man\r\n",
+                "A001",
+                login(b"FRED FOOBAR", b"fat man"),
+            ),
+            (
+                "RFC 3501 §7.5",
+                b"A001 LOGIN {11}\r\nFRED FOOBAR {7}\r\nfat man\r\n",
+                "A001",
+                login(b"FRED FOOBAR", b"fat man"),
+            ),
+            (
+                "RFC 3501 §6.2.2",
+                b"A001 AUTHENTICATE GSSAPI\r\n",
+                "A001",
+                B::Authenticate {
+                    mechanism: "GSSAPI".into(),
+                    initial: None,
+                },
+            ),
+            (
+                "RFC 4959 §4",
+                b"A01 AUTHENTICATE PLAIN dGVzdAB0ZXN0AHRlc3Q=\r\n",
+                "A01",
+                ir("PLAIN", b"dGVzdAB0ZXN0AHRlc3Q="),
+            ),
+            (
+                "RFC 4959 §4",
+                b"A01 AUTHENTICATE EXTERNAL =\r\n",
+                "A01",
+                B::Authenticate {
+                    mechanism: "EXTERNAL".into(),
+                    initial: Some(InitialResponse::Empty),
+                },
+            ),
+            (
+                "RFC 4959 §4 (padding '==')",
+                b"x authenticate xoauth2 dGVzdA==\r\n",
+                "x",
+                ir("XOAUTH2", b"dGVzdA=="),
+            ),
+            (
+                "RFC 2971 §3.1",
+                b"a023 ID (\"name\" \"sodr\" \"version\" \"19.34\" \"vendor\" \"Pink Floyd Music Limited\")\r\n",
+                "a023",
+                B::Id(Some(vec![
+                    (b"name".to_vec(), Some(b"sodr".to_vec())),
+                    (b"version".to_vec(), Some(b"19.34".to_vec())),
+                    (b"vendor".to_vec(), Some(b"Pink Floyd Music Limited".to_vec())),
+                ])),
+            ),
+            ("RFC 2971 §3.2", b"a042 ID NIL\r\n", "a042", B::Id(None)),
+            (
+                "RFC 2971 §4 nstring value, literal field",
+                b"a ID ({7}\r\nos-name NIL)\r\n",
+                "a",
+                B::Id(Some(vec![(b"os-name".to_vec(), None)])),
+            ),
+            (
+                "RFC 5161 §3.1",
+                b"t2 ENABLE CONDSTORE X-GOOD-IDEA\r\n",
+                "t2",
+                B::Enable(vec!["CONDSTORE".into(), "X-GOOD-IDEA".into()]),
+            ),
+            (
+                "RFC 9051 §6.3.1",
+                b"a1 ENABLE CONDSTORE\r\n",
+                "a1",
+                B::Enable(vec!["CONDSTORE".into()]),
+            ),
+            (
+                "RFC 6855 §3",
+                b"a ENABLE UTF8=ACCEPT\r\n",
+                "a",
+                B::Enable(vec!["UTF8=ACCEPT".into()]),
+            ),
+            (
+                "RFC 3501 §6.3.1",
+                b"A142 SELECT INBOX\r\n",
+                "A142",
+                B::Select {
+                    mailbox: Mailbox::Inbox,
+                    params: None,
+                },
+            ),
+            (
+                "RFC 3501 §8",
+                b"a002 select inbox\r\n",
+                "a002",
+                B::Select {
+                    mailbox: Mailbox::Inbox,
+                    params: None,
+                },
+            ),
+            (
+                "RFC 5530 §3",
+                b"f select \"/archive/projects/experiment-iv\"\r\n",
+                "f",
+                B::Select {
+                    mailbox: other(b"/archive/projects/experiment-iv"),
+                    params: None,
+                },
+            ),
+            (
+                "RFC 7162 §3.1.8 form (CONDSTORE select-param, RFC 4466 §2.1)",
+                b"a SELECT INBOX (CONDSTORE)\r\n",
+                "a",
+                B::Select {
+                    mailbox: Mailbox::Inbox,
+                    params: Some(b"(CONDSTORE)".to_vec()),
+                },
+            ),
+            (
+                "RFC 7162 §3.2.5 form (QRESYNC)",
+                b"A02 SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))\r\n",
+                "A02",
+                B::Select {
+                    mailbox: Mailbox::Inbox,
+                    params: Some(
+                        b"(QRESYNC (67890007 20050715194045000 41,43:211,214:541))".to_vec(),
+                    ),
+                },
+            ),
+            (
+                "RFC 3501 §6.3.2",
+                b"A932 EXAMINE blurdybloop\r\n",
+                "A932",
+                B::Examine {
+                    mailbox: other(b"blurdybloop"),
+                    params: None,
+                },
+            ),
+            (
+                "RFC 4466 §2.1 EXAMINE with select-params",
+                b"A933 EXAMINE {4+}\r\nblub (CONDSTORE)\r\n",
+                "A933",
+                B::Examine {
+                    mailbox: other(b"blub"),
+                    params: Some(b"(CONDSTORE)".to_vec()),
+                },
+            ),
+            ("RFC 3501 §6.4.2", b"A341 CLOSE\r\n", "A341", B::Close),
+            ("RFC 3691 §2 / RFC 9051 §6.4.2", b"A342 UNSELECT\r\n", "A342", B::Unselect),
+            ("RFC 2177 §3", b"A002 IDLE\r\n", "A002", B::Idle),
+            ("RFC 8437 §2 form", b"a UNAUTHENTICATE\r\n", "a", B::Unauthenticate),
+            (
+                "RFC 4978 §4",
+                b"c compress deflate\r\n",
+                "c",
+                B::Compress("DEFLATE".into()),
+            ),
+            // Not acted on: tag and name only.
+            ("RFC 3501 §6.4.1", b"FXXZ CHECK\r\n", "FXXZ", B::Other("CHECK".into())),
+            (
+                "RFC 3501 §6.4.8",
+                b"A999 UID FETCH 4827313:4828442 FLAGS\r\n",
+                "A999",
+                B::Other("UID".into()),
+            ),
+            (
+                "RFC 3501 §6.4.4",
+                b"A282 SEARCH FLAGGED SINCE 1-Feb-1994 NOT FROM \"Smith\"\r\n",
+                "A282",
+                B::Other("SEARCH".into()),
+            ),
+            (
+                "RFC 9051 §6.4.4",
+                b"A285 SEARCH CHARSET UTF-8 TEXT {12}\r\n\xd0\x9c\xd0\xbe\xd1\x81\xd0\xba\xd0\xb2\xd0\xb0\r\n",
+                "A285",
+                B::Other("SEARCH".into()),
+            ),
+            (
+                "RFC 3501 §6.5.1",
+                b"a442 XPIG-LATIN\r\n",
+                "a442",
+                B::Other("XPIG-LATIN".into()),
+            ),
+        ];
+        for (source, input, tag, body) in cases {
+            let cmd =
+                unit(input).unwrap_or_else(|e| panic!("{source}: {}: {e}", input.escape_ascii()));
+            assert_eq!(cmd.tag.as_str(), tag, "{source}");
+            assert_eq!(cmd.body, body, "{source}: {}", input.escape_ascii());
+            let (htag, hname) = parse_command_head(input).expect("head parses");
+            assert_eq!(
+                (htag.as_str(), hname.as_str()),
+                (tag, body.name()),
+                "{source}"
+            );
+        }
+    }
+
+    #[test]
+    fn inbox_is_case_insensitive_in_every_form() {
+        // RFC 3501 §5.1 / RFC 9051 §9 `mailbox = "INBOX" / astring`: INBOX
+        // in any case, as atom, quoted or literal.
+        for input in [
+            &b"a SELECT INBOX\r\n"[..],
+            b"a SELECT inbox\r\n",
+            b"a SELECT InBoX\r\n",
+            b"a SELECT \"iNbOx\"\r\n",
+            b"a SELECT {5}\r\ninbox\r\n",
+            b"a SELECT {5+}\r\nINBOX\r\n",
+        ] {
+            assert_eq!(
+                unit(input).unwrap().body,
+                CommandBody::Select {
+                    mailbox: Mailbox::Inbox,
+                    params: None
+                },
+                "{}",
+                input.escape_ascii()
+            );
+        }
+        for (input, name) in [
+            (&b"a EXAMINE INBOX.Sent\r\n"[..], &b"INBOX.Sent"[..]),
+            (b"a EXAMINE INBOXX\r\n", b"INBOXX"),
+            (b"a EXAMINE \"INBOX \"\r\n", b"INBOX "),
+            (b"a EXAMINE \"\"\r\n", b""),
+        ] {
+            assert_eq!(
+                unit(input).unwrap().body,
+                CommandBody::Examine {
+                    mailbox: other(name),
+                    params: None
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn utf8_in_quoted_strings() {
+        // RFC 9051 §9 QUOTED-CHAR includes UTF8-2/3/4; RFC 6855 §3.
+        let cases: [(&str, &[u8]); 4] = [
+            ("a SELECT \"Entw\u{fc}rfe\"\r\n", "Entw\u{fc}rfe".as_bytes()), // 2 octets
+            (
+                "a SELECT \"\u{8349}\u{7a3f}\"\r\n",
+                "\u{8349}\u{7a3f}".as_bytes(),
+            ), // 3 octets
+            ("a SELECT \"\u{1f4e8}\"\r\n", "\u{1f4e8}".as_bytes()),         // 4 octets
+            (
+                "a SELECT \"\u{43c}\\\"\u{43e}\"\r\n",
+                "\u{43c}\"\u{43e}".as_bytes(),
+            ),
+        ];
+        for (input, name) in cases {
+            assert_eq!(
+                unit(input.as_bytes()).unwrap().body,
+                CommandBody::Select {
+                    mailbox: other(name),
+                    params: None
+                }
+            );
+        }
+        assert_eq!(
+            unit("a LOGIN \"j\u{f6}rg\" pw\r\n".as_bytes())
+                .unwrap()
+                .body,
+            login("j\u{f6}rg".as_bytes(), b"pw")
+        );
+        // Not UTF-8: lone continuation, overlong, surrogate, > U+10FFFF,
+        // truncated sequence.
+        for bad_name in [
+            &b"\x80"[..],
+            b"\xc0\xaf",
+            b"\xed\xa0\x80",
+            b"\xf4\x90\x80\x80",
+            b"\xe2\x82",
+        ] {
+            let mut input = b"a SELECT \"".to_vec();
+            input.extend_from_slice(bad_name);
+            input.extend_from_slice(b"\"\r\n");
+            assert!(parse_command(&input).is_err(), "{}", input.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn string_rules() {
+        // RFC 9051 §9 rules, one by one.
+        assert_eq!(atom(b"FLAGS)"), Ok((&b")"[..], &b"FLAGS"[..])));
+        for special in [
+            &b"("[..],
+            b")",
+            b"{",
+            b" ",
+            b"\x01",
+            b"%",
+            b"*",
+            b"\"",
+            b"\\",
+            b"]",
+        ] {
+            assert!(atom(special).is_err(), "{special:?}");
+        }
+        // astring: 1*ASTRING-CHAR (atom chars and "]") or string.
+        assert_eq!(astring(b"BODY[] x"), Ok((&b" x"[..], b"BODY[]".to_vec())));
+        assert_eq!(astring(b"\"a b\" x"), Ok((&b" x"[..], b"a b".to_vec())));
+        assert_eq!(astring(b"{3}\r\na b x"), Ok((&b" x"[..], b"a b".to_vec())));
+        assert!(astring(b"(x)").is_err());
+        // quoted: escapes for DQUOTE and backslash only.
+        assert_eq!(
+            quoted(b"\"a\\\"b\\\\c\""),
+            Ok((&b""[..], b"a\"b\\c".to_vec()))
+        );
+        assert_eq!(quoted(b"\"\""), Ok((&b""[..], Vec::new())));
+        for bad in [
+            &b"\"a\\nb\""[..],
+            b"\"a",
+            b"\"a\rb\"",
+            b"\"a\nb\"",
+            b"\"a\0b\"",
+            b"a\"",
+        ] {
+            assert!(quoted(bad).is_err(), "{}", bad.escape_ascii());
+        }
+        // Other CTLs are TEXT-CHARs.
+        assert_eq!(
+            quoted(b"\"\x01\x7f\""),
+            Ok((&b""[..], b"\x01\x7f".to_vec()))
+        );
+        // literal: sync, non-sync (RFC 7888), bare LF, zero length.
+        assert_eq!(literal(b"{3}\r\nabcd"), Ok((&b"d"[..], b"abc".to_vec())));
+        assert_eq!(literal(b"{3+}\r\nabc"), Ok((&b""[..], b"abc".to_vec())));
+        assert_eq!(literal(b"{3}\nabc"), Ok((&b""[..], b"abc".to_vec())));
+        assert_eq!(literal(b"{0}\r\n"), Ok((&b""[..], Vec::new())));
+        for bad in [
+            &b"{3}\r\nab"[..], // short
+            b"{3}\r\na\0b",    // CHAR8 excludes NUL
+            b"{3}abc",         // no CRLF
+            b"{-3}\r\nabc",
+            b"{3-}\r\nabc",
+            b"~{3}\r\nabc", // literal8 is not a string
+            b"{9223372036854775808}\r\n",
+        ] {
+            assert!(literal(bad).is_err(), "{}", bad.escape_ascii());
+        }
+        // nstring: string or NIL (any case), NIL must be a whole atom.
+        assert_eq!(nstring(b"NIL)"), Ok((&b")"[..], None)));
+        assert_eq!(nstring(b"nil "), Ok((&b" "[..], None)));
+        assert_eq!(nstring(b"\"NIL\""), Ok((&b""[..], Some(b"NIL".to_vec()))));
+        assert!(nstring(b"NILS").is_err());
+        assert!(nstring(b"abc").is_err());
+        // tag: ASTRING-CHAR except "+".
+        assert_eq!(tag(b"a]1 x").unwrap().1.as_str(), "a]1");
+        assert_eq!(tag(b"a+b").unwrap().0, b"+b");
+        assert!(tag(b"*").is_err());
+        assert!(Tag::new("a+").is_none());
+        assert!(Tag::new("").is_none());
+    }
+
+    #[test]
+    fn argument_errors_keep_the_tag() {
+        // RFC 3501 §7.1.3: a command that does not parse gets a tagged BAD
+        // when its tag is readable.
+        for (input, reason) in [
+            (&b"a CAPABILITY now\r\n"[..], "unexpected"),
+            (b"a NOOP \r\n", "unexpected"),
+            (b"a LOGIN\r\n", "LOGIN expects"),
+            (b"a LOGIN alice\r\n", "LOGIN expects"),
+            (b"a LOGIN alice  pw\r\n", "LOGIN expects"),
+            (b"a LOGIN alice pw extra\r\n", "unexpected"),
+            (b"a LOGIN (alice) pw\r\n", "LOGIN expects"),
+            (b"a AUTHENTICATE\r\n", "AUTHENTICATE expects"),
+            (b"a AUTHENTICATE PLAIN abc\r\n", "unexpected"),
+            (b"a AUTHENTICATE PLAIN ab=c\r\n", "unexpected"),
+            (b"a AUTHENTICATE PLAIN abcd=\r\n", "unexpected"),
+            (b"a AUTHENTICATE PLAIN a===\r\n", "unexpected"),
+            (b"a AUTHENTICATE PLAIN d!!\r\n", "unexpected"),
+            (b"a AUTHENTICATE PLAIN \"dGVz\"\r\n", "unexpected"),
+            (b"a ID\r\n", "ID expects"),
+            (b"a ID (\r\n", "ID expects"),
+            (b"a ID (\"a\")\r\n", "ID expects"),
+            (b"a ID (\"a\" \"b\" )\r\n", "ID expects"),
+            (b"a ID (a b)\r\n", "ID expects"),
+            (b"a ENABLE\r\n", "ENABLE expects"),
+            (b"a ENABLE CONDSTORE \r\n", "unexpected"),
+            (b"a SELECT\r\n", "mailbox"),
+            (b"a SELECT x (\r\n", "unexpected"),
+            (b"a SELECT x ()\r\n", "unexpected"),
+            (b"a SELECT x CONDSTORE\r\n", "unexpected"),
+            (b"a EXAMINE (x)\r\n", "mailbox"),
+            (b"a COMPRESS\r\n", "COMPRESS expects"),
+            (b"a IDLE", "unexpected"),
+        ] {
+            let e = parse_command(input).expect_err(&input.escape_ascii().to_string());
+            assert_eq!(e.tag.as_ref().map(Tag::as_str), Some("a"));
+            assert!(
+                e.reason.contains(reason),
+                "{}: {:?}",
+                input.escape_ascii(),
+                e.reason
+            );
+        }
+        for input in [
+            &b" NOOP\r\n"[..],
+            b"* NOOP\r\n",
+            b"+a NOOP\r\n",
+            b"(a) NOOP\r\n",
+            b"",
+        ] {
+            assert!(parse_command(input).unwrap_err().tag.is_none());
+        }
+        assert!(bad(b"a\r\n").reason.contains("SP"));
+        assert!(bad(b"a \r\n").reason.contains("command name"));
+    }
+
+    #[test]
+    fn bare_lf_line_endings_are_accepted() {
+        // Deliberate leniency: the framer accepts bare LF (many clients'
+        // test tools send it), so the grammar does too.
+        assert_eq!(ok("a NOOP\n").body, CommandBody::Noop);
+        assert_eq!(
+            parse_command(b"a LOGIN {1}\nu {1}\np\n").unwrap().body,
+            login(b"u", b"p")
         );
     }
 }

@@ -24,7 +24,9 @@ pub struct Outgoing {
 
 /// Write `s` as an `astring` (RFC 9051 §9): an atom when every octet is an
 /// ASTRING-CHAR, a quoted string when it is short 7-bit text without CR, LF
-/// or NUL, a literal (header and payload) otherwise.  Returns the offset in
+/// or NUL, a literal (header and payload) otherwise.  A NUL octet cannot be
+/// sent in any of these (`CHAR8 = %x01-ff`): callers refuse such values
+/// before they get here, or the peer answers BAD.  Returns the offset in
 /// `out` just after a synchronizing literal's announcement, where the
 /// sender must stop and wait for `+`.
 pub fn astring(out: &mut Vec<u8>, s: &[u8], mode: LiteralMode) -> Option<usize> {
@@ -81,6 +83,59 @@ pub fn login(tag: &str, user: &[u8], password: &[u8], mode: LiteralMode) -> Outg
         from = at;
     }
     parts.push(out[from..].to_vec());
+    Outgoing { parts }
+}
+
+/// `tag AUTHENTICATE mechanism [SP initial-resp]` for a backend (RFC 9051
+/// §6.2.2, RFC 4959 §7): `initial` is the raw (decoded) initial response,
+/// sent base64-encoded, or `=` when it is empty.  Only use an initial
+/// response when the backend advertises SASL-IR.
+pub fn authenticate(tag: &str, mechanism: &str, initial: Option<&[u8]>) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut out = format!("{tag} AUTHENTICATE {mechanism}").into_bytes();
+    match initial {
+        None => {}
+        Some([]) => out.extend_from_slice(b" ="),
+        Some(data) => {
+            out.push(b' ');
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(data)
+                    .as_bytes(),
+            );
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// `tag AUTHENTICATE PLAIN` for a backend (RFC 4616 message
+/// `authzid NUL authcid NUL passwd`, base64).  With SASL-IR (RFC 4959) the
+/// response rides on the command line; otherwise it is the second part,
+/// sent after the backend's `+`.
+pub fn authenticate_plain(
+    tag: &str,
+    authzid: &[u8],
+    authcid: &[u8],
+    password: &[u8],
+    sasl_ir: bool,
+) -> Outgoing {
+    use base64::Engine as _;
+    let mut message = Vec::with_capacity(authzid.len() + authcid.len() + password.len() + 2);
+    message.extend_from_slice(authzid);
+    message.push(0);
+    message.extend_from_slice(authcid);
+    message.push(0);
+    message.extend_from_slice(password);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&message);
+    let parts = if sasl_ir {
+        vec![format!("{tag} AUTHENTICATE PLAIN {b64}\r\n").into_bytes()]
+    } else {
+        vec![
+            format!("{tag} AUTHENTICATE PLAIN\r\n").into_bytes(),
+            format!("{b64}\r\n").into_bytes(),
+        ]
+    };
     Outgoing { parts }
 }
 
@@ -266,6 +321,42 @@ mod tests {
             b"a1 NO [AUTHENTICATIONFAILED] bad  * OK x\r\n"
         );
         assert_eq!(untagged("BYE", None, "bye"), b"* BYE bye\r\n");
+    }
+
+    #[test]
+    fn text_opening_with_bracket_stays_text() {
+        let t = Tag::new("a1").unwrap();
+        let out = tagged(&t, Status::No, None, "[ALERT] from a relayed message");
+        assert_eq!(out, b"a1 NO  [ALERT] from a relayed message\r\n");
+        match crate::imap::response::classify(&out).unwrap() {
+            crate::imap::response::Response::Tagged { text, .. } => {
+                assert_eq!(text.code, None);
+                assert_eq!(text.text, b" [ALERT] from a relayed message");
+            }
+            r => panic!("{r:?}"),
+        }
+        // With a code in front, a "[" in the text is harmless and kept.
+        assert_eq!(
+            untagged("OK", Some("ALERT"), "[x]"),
+            b"* OK [ALERT] [x]\r\n"
+        );
+    }
+
+    #[test]
+    fn authenticate_forms() {
+        // RFC 4959 §4 examples.
+        assert_eq!(
+            authenticate("A01", "PLAIN", Some(b"test\0test\0test")),
+            b"A01 AUTHENTICATE PLAIN dGVzdAB0ZXN0AHRlc3Q=\r\n"
+        );
+        assert_eq!(
+            authenticate("A01", "EXTERNAL", Some(b"")),
+            b"A01 AUTHENTICATE EXTERNAL =\r\n"
+        );
+        assert_eq!(
+            authenticate("A01", "PLAIN", None),
+            b"A01 AUTHENTICATE PLAIN\r\n"
+        );
     }
 
     #[test]

@@ -458,6 +458,7 @@ fn is_status_or_continuation(line: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::imap::check::{self, Event, Policy, Run};
 
     /// Frame `input` completely, feeding it in chunks of `chunk` octets the
     /// way a socket might, and return (frame, bytes) pairs.
@@ -474,27 +475,22 @@ mod tests {
             let end = (fed + chunk).min(input.len());
             held.extend_from_slice(&input[fed..end]);
             fed = end;
-            loop {
-                match framer.next(&held)? {
-                    Some(f) => {
-                        let bytes: Vec<u8> = held.drain(..f.len()).collect();
-                        // Merge literal chunks so results are chunking-independent.
-                        if let (
-                            Frame::Literal { last, .. },
-                            Some((Frame::Literal { len, last: plast }, prev)),
-                        ) = (f, out.last_mut())
-                        {
-                            if !*plast {
-                                prev.extend_from_slice(&bytes);
-                                *len += f.len();
-                                *plast = last;
-                                continue;
-                            }
-                        }
-                        out.push((f, bytes));
+            while let Some(f) = framer.next(&held)? {
+                let bytes: Vec<u8> = held.drain(..f.len()).collect();
+                // Merge literal chunks so results are chunking-independent.
+                if let (
+                    Frame::Literal { last, .. },
+                    Some((Frame::Literal { len, last: plast }, prev)),
+                ) = (f, out.last_mut())
+                {
+                    if !*plast {
+                        prev.extend_from_slice(&bytes);
+                        *len += f.len();
+                        *plast = last;
+                        continue;
                     }
-                    None => break,
                 }
+                out.push((f, bytes));
             }
             if fed == input.len() {
                 break;
@@ -512,6 +508,13 @@ mod tests {
     }
 
     fn every_chunking(input: &[u8]) -> Vec<(Frame, Vec<u8>)> {
+        // Also every split offset, with the invariant checks.
+        frame_every_way(
+            Limits::default(),
+            Direction::ClientToServer,
+            input,
+            Policy::default(),
+        );
         let whole = frame_all(Limits::default(), input, input.len().max(1)).unwrap();
         for chunk in 1..input.len().max(1) {
             assert_eq!(
@@ -757,5 +760,532 @@ mod tests {
             total += fr.len() as u64;
         }
         assert_eq!(total, 50_000_000);
+    }
+
+    // ---- Known answers, fed every way ---------------------------------
+    //
+    // Each case is framed whole, byte by byte, in every fixed chunk size and
+    // split in two at every offset; every run passes the invariant checks
+    // of `check::drive` and all runs must give the same events.  The events
+    // are then compared with the known answer, written as:
+    //   `U:line`   a line that starts a unit     `C:line`  a continuation line
+    //   ` {n}` ` {n+}` ` ~{n}`  the literal the line announces
+    //   `LIT:…`    a whole literal               `PART:…`  an incomplete one
+    //   `REFUSED(kind):line`  a refused literal's line, the stream goes on
+    //   `ERR:kind` the error that ended the stream
+
+    fn frame_every_way(limits: Limits, direction: Direction, input: &[u8], policy: Policy) -> Run {
+        let run = |chunks: &mut dyn Iterator<Item = usize>| {
+            check::drive(limits, direction, input, chunks, policy)
+                .unwrap_or_else(|v| panic!("{:?}: {v}", input.escape_ascii().to_string()))
+        };
+        let whole = run(&mut std::iter::once(input.len()));
+        for size in 1..input.len() {
+            assert_eq!(
+                run(&mut std::iter::repeat(size)),
+                whole,
+                "chunk size {size}"
+            );
+        }
+        for cut in 1..input.len() {
+            assert_eq!(
+                run(&mut [cut, input.len() - cut].into_iter()),
+                whole,
+                "split at {cut}"
+            );
+        }
+        whole
+    }
+
+    fn describe(run: &Run) -> Vec<String> {
+        let esc = |b: &[u8]| b.escape_ascii().to_string();
+        let mut out: Vec<String> = run
+            .events
+            .iter()
+            .map(|e| match e {
+                Event::Line {
+                    bytes,
+                    starts_unit,
+                    literal,
+                    ..
+                } => {
+                    let mut s = format!("{}:{}", if *starts_unit { "U" } else { "C" }, esc(bytes));
+                    if let Some(h) = literal {
+                        s += &format!(
+                            " {}{{{}{}}}",
+                            if h.binary { "~" } else { "" },
+                            h.len,
+                            if h.sync { "" } else { "+" }
+                        );
+                    }
+                    s
+                }
+                Event::Literal(b) => format!("LIT:{}", esc(b)),
+                Event::PartialLiteral(b) => format!("PART:{}", esc(b)),
+                Event::Refused { bytes, error } => format!(
+                    "REFUSED({}):{}",
+                    error.map_or("policy", |e| e.kind()),
+                    esc(bytes)
+                ),
+            })
+            .collect();
+        if let Some(e) = run.error {
+            out.push(format!("ERR:{}", e.kind()));
+        }
+        out
+    }
+
+    fn known(direction: Direction, input: &[u8], expected: &[&str]) -> Run {
+        known_with(
+            Limits::default(),
+            direction,
+            Policy::default(),
+            input,
+            expected,
+        )
+    }
+
+    fn known_with(
+        limits: Limits,
+        direction: Direction,
+        policy: Policy,
+        input: &[u8],
+        expected: &[&str],
+    ) -> Run {
+        let run = frame_every_way(limits, direction, input, policy);
+        assert_eq!(describe(&run), expected, "{}", input.escape_ascii());
+        run
+    }
+
+    use Direction::{ClientToServer as C2S, ServerToClient as S2C};
+
+    /// Lines joined with CRLF, each line ended.
+    fn crlf(lines: &[&str]) -> Vec<u8> {
+        lines
+            .iter()
+            .flat_map(|l| [l.as_bytes(), b"\r\n"])
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn rfc3501_7_5_sync_literals_in_login() {
+        // RFC 3501 §7.5 (and RFC 9051 §7.6): a password with a space, sent
+        // as synchronizing literals; the session answers `+` after each line.
+        known(
+            C2S,
+            b"A001 LOGIN {11}\r\nFRED FOOBAR {7}\r\nfat man\r\n",
+            &[
+                "U:A001 LOGIN {11}\\r\\n {11}",
+                "LIT:FRED FOOBAR",
+                "C: {7}\\r\\n {7}",
+                "LIT:fat man",
+                "C:\\r\\n",
+            ],
+        );
+        // ...and the server side of the same exchange.
+        known(
+            S2C,
+            b"+ Ready for additional command text\r\n+ Ready for additional command text\r\nA001 OK LOGIN completed\r\n",
+            &[
+                "U:+ Ready for additional command text\\r\\n",
+                "U:+ Ready for additional command text\\r\\n",
+                "U:A001 OK LOGIN completed\\r\\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn rfc3501_7_5_refused_literal() {
+        // RFC 3501 §7.5: `A044 BLURDYBLOOP {102856}` answered with BAD; the
+        // client does not send the literal, so the next command follows.
+        let policy = Policy {
+            refuse_sync_over: Some(100_000),
+        };
+        known_with(
+            Limits::default(),
+            C2S,
+            policy,
+            b"A044 BLURDYBLOOP {102856}\r\nA045 NOOP\r\n",
+            &[
+                "REFUSED(policy):A044 BLURDYBLOOP {102856}\\r\\n",
+                "U:A045 NOOP\\r\\n",
+            ],
+        );
+        // The same refusal driven by the literal limit instead.
+        let limits = Limits {
+            max_literal: 100_000,
+            ..Limits::default()
+        };
+        known_with(
+            limits,
+            C2S,
+            Policy::default(),
+            b"A044 BLURDYBLOOP {102856}\r\nA045 NOOP\r\n",
+            &[
+                "REFUSED(literal_too_large):A044 BLURDYBLOOP {102856}\\r\\n",
+                "U:A045 NOOP\\r\\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn rfc7888_non_sync_literals() {
+        // RFC 7888 §4 example: LITERAL+ lets the client send without waiting.
+        known(
+            C2S,
+            b"A001 LOGIN {11+}\r\nFRED FOOBAR {7+}\r\nfat man\r\n",
+            &[
+                "U:A001 LOGIN {11+}\\r\\n {11+}",
+                "LIT:FRED FOOBAR",
+                "C: {7+}\\r\\n {7+}",
+                "LIT:fat man",
+                "C:\\r\\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn rfc3501_6_3_11_append() {
+        // RFC 3501 §6.3.11: APPEND with a 310-octet synchronizing literal.
+        let msg = crlf(&[
+            "Date: Mon, 7 Feb 1994 21:52:25 -0800 (PST)",
+            "From: Fred Foobar <foobar@Blurdybloop.COM>",
+            "Subject: afternoon meeting",
+            "To: mooch@owatagu.siam.edu",
+            "Message-Id: <B27397-0100000@Blurdybloop.COM>",
+            "MIME-Version: 1.0",
+            "Content-Type: TEXT/PLAIN; CHARSET=US-ASCII",
+            "",
+            "Hello Joe, do you think we can meet at 3:30 tomorrow?",
+        ]);
+        assert_eq!(msg.len(), 310);
+        let mut input = b"A003 APPEND saved-messages (\\Seen) {310}\r\n".to_vec();
+        input.extend_from_slice(&msg);
+        input.extend_from_slice(b"\r\n");
+        let run = frame_every_way(Limits::default(), C2S, &input, Policy::default());
+        let d = describe(&run);
+        assert_eq!(d.len(), 3);
+        assert_eq!(
+            d[0],
+            "U:A003 APPEND saved-messages (\\\\Seen) {310}\\r\\n {310}"
+        );
+        assert_eq!(run.events[1], Event::Literal(msg));
+        assert_eq!(d[2], "C:\\r\\n");
+    }
+
+    #[test]
+    fn rfc9051_6_3_12_append_non_sync() {
+        // RFC 9051 §6.3.12: the same with `{297+}` (LITERAL+), then the
+        // server's APPENDUID answer.
+        let msg = crlf(&[
+            "Date: Mon, 7 Feb 1994 21:52:25 -0800 (PST)",
+            "From: Fred Foobar <foobar@example.com>",
+            "Subject: afternoon meeting",
+            "To: mooch@example.com",
+            "Message-Id: <B27397-0100000@example.com>",
+            "MIME-Version: 1.0",
+            "Content-Type: TEXT/PLAIN; CHARSET=US-ASCII",
+            "",
+            "Hello Joe, do you think we can meet at 3:30 tomorrow?",
+        ]);
+        assert_eq!(msg.len(), 297);
+        let mut input = b"A003 APPEND saved-messages (\\Seen) {297+}\r\n".to_vec();
+        input.extend_from_slice(&msg);
+        input.extend_from_slice(b"\r\nA004 COPY 2:4 meeting\r\n");
+        let run = frame_every_way(Limits::default(), C2S, &input, Policy::default());
+        assert_eq!(run.events.len(), 4);
+        assert_eq!(run.events[1], Event::Literal(msg));
+        assert_eq!(describe(&run)[3], "U:A004 COPY 2:4 meeting\\r\\n");
+        known(
+            S2C,
+            b"A003 OK [APPENDUID 38505 3955] APPEND completed\r\n",
+            &["U:A003 OK [APPENDUID 38505 3955] APPEND completed\\r\\n"],
+        );
+    }
+
+    #[test]
+    fn rfc3501_8_fetch_response_with_literal() {
+        // RFC 3501 §8: `* 12 FETCH (BODY[HEADER] {342}` and the header.
+        let header = crlf(&[
+            "Date: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)",
+            "From: Terry Gray <gray@cac.washington.edu>",
+            "Subject: IMAP4rev1 WG mtg summary and minutes",
+            "To: imap@cac.washington.edu",
+            "cc: minutes@CNRI.Reston.VA.US, John Klensin <KLENSIN@MIT.EDU>",
+            "Message-Id: <B27397-0100000@cac.washington.edu>",
+            "MIME-Version: 1.0",
+            "Content-Type: TEXT/PLAIN; CHARSET=US-ASCII",
+            "",
+        ]);
+        assert_eq!(header.len(), 342);
+        let mut input = b"* 12 FETCH (BODY[HEADER] {342}\r\n".to_vec();
+        input.extend_from_slice(&header);
+        input.extend_from_slice(b")\r\na004 OK FETCH completed\r\n* 12 FETCH (FLAGS (\\Seen \\Deleted))\r\na005 OK +FLAGS completed\r\n* BYE IMAP4rev1 server terminating connection\r\na006 OK LOGOUT completed\r\n");
+        let run = frame_every_way(Limits::default(), S2C, &input, Policy::default());
+        let d = describe(&run);
+        assert_eq!(d[0], "U:* 12 FETCH (BODY[HEADER] {342}\\r\\n {342}");
+        assert_eq!(run.events[1], Event::Literal(header));
+        assert_eq!(
+            d[2..],
+            [
+                "C:)\\r\\n",
+                "U:a004 OK FETCH completed\\r\\n",
+                "U:* 12 FETCH (FLAGS (\\\\Seen \\\\Deleted))\\r\\n",
+                "U:a005 OK +FLAGS completed\\r\\n",
+                "U:* BYE IMAP4rev1 server terminating connection\\r\\n",
+                "U:a006 OK LOGOUT completed\\r\\n",
+            ]
+        );
+    }
+
+    #[test]
+    fn rfc3501_6_2_2_authenticate_exchange() {
+        // RFC 3501 §6.2.2 GSSAPI example (line breaks inside the base64
+        // removed, as the RFC's note says).  Client lines are plain lines,
+        // including the empty response; server challenges are `+` lines.
+        let c1 = "YIIB+wYJKoZIhvcSAQICAQBuggHqMIIB5qADAgEFoQMCAQ6iBwMFACAAAACjggEmYYIBIjCCAR6gAwIBBaESGxB1Lndhc2hpbmd0b24uZWR1oi0wK6ADAgEDoSQwIhsEaW1hcBsac2hpdmFtcy5jYWMud2FzaGluZ3Rvbi5lZHWjgdMwgdCgAwIBAaEDAgEDooHDBIHAcS1GSa5b+fXnPZNmXB9SjL8Ollj2SKyb+3S0iXMljen/jNkpJXAleKTz6BQPzj8duz8EtoOuNfKgweViyn/9B9bccy1uuAE2HI0yC/PHXNNU9ZrBziJ8Lm0tTNc98kUpjXnHZhsMcz5Mx2GR6dGknbI0iaGcRerMUsWOuBmKKKRmVMMdR9T3EZdpqsBd7jZCNMWotjhivd5zovQlFqQ2Wjc2+y46vKP/iXxWIuQJuDiisyXF0Y8+5GTpALpHDc1/pIGmMIGjoAMCAQGigZsEgZg2on5mSuxoDHEA1w9bcW9nFdFxDKpdrQhVGVRDIzcCMCTzvUboqb5KjY1NJKJsfjRQiBYBdENKfzK+g5DlV8nrw81uOcP8NOQCLR5XkoMHC0Dr/80ziQzbNqhxO6652Npft0LQwJvenwDI13YxpwOdMXzkWZN/XrEqOWp6GCgXTBvCyLWLlWnbaUkZdEYbKHBPjd8t/1x5Yg==";
+        let c3 = "YDMGCSqGSIb3EgECAgIBAAD/////3LQBHXTpFfZgrejpLlLImPwkhbfa2QteAQAgAG1yYwE=";
+        let client = crlf(&["A001 AUTHENTICATE GSSAPI", c1, "", c3]);
+        let run = known(
+            C2S,
+            &client,
+            &[
+                "U:A001 AUTHENTICATE GSSAPI\\r\\n",
+                &format!("U:{c1}\\r\\n"),
+                "U:\\r\\n",
+                &format!("U:{c3}\\r\\n"),
+            ],
+        );
+        assert_eq!(run.consumed, client.len());
+        let s2 = "+ YGgGCSqGSIb3EgECAgIAb1kwV6ADAgEFoQMCAQ+iSzBJoAMCAQGiQgRAtHTEuOP2BXb9sBYFR4SJlDZxmg39IxmRBOhXRKdDA0uHTCOT9Bq3OsUTXUlk0CsFLoa8j+gvGDlgHuqzWHPSQg==";
+        let s3 = "+ YDMGCSqGSIb3EgECAgIBAAD/////6jcyG4GE3KkTzBeBiVHeceP2CWY0SR0fAQAgAAQEBAQ=";
+        known(
+            S2C,
+            &crlf(&[
+                "* OK IMAP4rev1 Server",
+                "+",
+                s2,
+                s3,
+                "A001 OK GSSAPI authentication successful",
+            ]),
+            &[
+                "U:* OK IMAP4rev1 Server\\r\\n",
+                "U:+\\r\\n",
+                &format!("U:{s2}\\r\\n"),
+                &format!("U:{s3}\\r\\n"),
+                "U:A001 OK GSSAPI authentication successful\\r\\n",
+            ],
+        );
+        // RFC 4959 §4: SASL-IR, and a client cancelling with `*`
+        // (RFC 9051 §6.2.2).
+        known(
+            C2S,
+            b"A01 AUTHENTICATE PLAIN dGVzdAB0ZXN0AHRlc3Q=\r\nA02 AUTHENTICATE PLAIN\r\n*\r\n",
+            &[
+                "U:A01 AUTHENTICATE PLAIN dGVzdAB0ZXN0AHRlc3Q=\\r\\n",
+                "U:A02 AUTHENTICATE PLAIN\\r\\n",
+                "U:*\\r\\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn rfc2177_idle_done() {
+        // RFC 2177 §3 (and RFC 9051 §6.3.13): IDLE, `+ idling`, untagged
+        // updates while idling, DONE, tagged OK.
+        known(
+            C2S,
+            b"A001 SELECT INBOX\r\nA002 IDLE\r\nDONE\r\nA003 FETCH 4 ALL\r\n",
+            &[
+                "U:A001 SELECT INBOX\\r\\n",
+                "U:A002 IDLE\\r\\n",
+                "U:DONE\\r\\n",
+                "U:A003 FETCH 4 ALL\\r\\n",
+            ],
+        );
+        known(
+            S2C,
+            b"* FLAGS (Deleted Seen)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY 1]\r\nA001 OK SELECT completed\r\n+ idling\r\n* 4 EXISTS\r\nA002 OK IDLE terminated\r\n",
+            &[
+                "U:* FLAGS (Deleted Seen)\\r\\n",
+                "U:* 3 EXISTS\\r\\n",
+                "U:* 0 RECENT\\r\\n",
+                "U:* OK [UIDVALIDITY 1]\\r\\n",
+                "U:A001 OK SELECT completed\\r\\n",
+                "U:+ idling\\r\\n",
+                "U:* 4 EXISTS\\r\\n",
+                "U:A002 OK IDLE terminated\\r\\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn binary_literals() {
+        // RFC 3516 §4.4 `~{n}` (literal8, may carry NUL) in a FETCH
+        // BINARY response and an APPEND; RFC 4466 §2.3 allows `~{n+}`.
+        known(
+            S2C,
+            b"* 1 FETCH (BINARY[1] ~{4}\r\n\0\x01\r\n)\r\n",
+            &[
+                "U:* 1 FETCH (BINARY[1] ~{4}\\r\\n ~{4}",
+                "LIT:\\x00\\x01\\r\\n",
+                "C:)\\r\\n",
+            ],
+        );
+        known(
+            C2S,
+            b"a APPEND x ~{3+}\r\n\0\0\0\r\n",
+            &[
+                "U:a APPEND x ~{3+}\\r\\n ~{3+}",
+                "LIT:\\x00\\x00\\x00",
+                "C:\\r\\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn server_status_text_never_announces_a_literal() {
+        // RFC 9051 §9: resp-text has no literal, so `{5}` ending the text of
+        // a status response or continuation request is text.  A backend
+        // echoing a client-chosen mailbox name must not desynchronise us.
+        known(
+            S2C,
+            b"a1 NO Mailbox doesn't exist: x{5}\r\n* BYE going {3}\r\n* ok x {1}\r\n+ go {2}\r\n* 1 FETCH (BODY[] {2}\r\nab)\r\na2 OK done\r\n",
+            &[
+                "U:a1 NO Mailbox doesn\\'t exist: x{5}\\r\\n",
+                "U:* BYE going {3}\\r\\n",
+                "U:* ok x {1}\\r\\n",
+                "U:+ go {2}\\r\\n",
+                "U:* 1 FETCH (BODY[] {2}\\r\\n {2}",
+                "LIT:ab",
+                "C:)\\r\\n",
+                "U:a2 OK done\\r\\n",
+            ],
+        );
+        // Only at the start of a unit: after a literal the line goes on.
+        known(
+            S2C,
+            b"* 1 FETCH (BODY[] {2}\r\nab OK {1}\r\nx)\r\n",
+            &[
+                "U:* 1 FETCH (BODY[] {2}\\r\\n {2}",
+                "LIT:ab",
+                "C: OK {1}\\r\\n {1}",
+                "LIT:x",
+                "C:)\\r\\n",
+            ],
+        );
+        // Client direction: a command line always announces.
+        known(
+            C2S,
+            b"a1 OK {1}\r\nx\r\n",
+            &["U:a1 OK {1}\\r\\n {1}", "LIT:x", "C:\\r\\n"],
+        );
+    }
+
+    #[test]
+    fn limits_every_way() {
+        // A line of exactly max_line is fine; one octet more is fatal, at
+        // the same place however the input is chunked.
+        let limits = Limits {
+            max_line: 16,
+            max_literal: 10,
+            max_literals_per_unit: 2,
+        };
+        let p = Policy::default();
+        known_with(
+            limits,
+            C2S,
+            p,
+            b"a NOOP aaaaaaa\r\n",
+            &["U:a NOOP aaaaaaa\\r\\n"],
+        );
+        known_with(
+            limits,
+            C2S,
+            p,
+            b"a NOOP\r\nb NOOP aaaaaaaa\r\nc NOOP\r\n",
+            &["U:a NOOP\\r\\n", "ERR:line_too_long"],
+        );
+        // An incomplete line under the limit is just incomplete.
+        known_with(limits, C2S, p, b"a NOOP\r\nb NOO", &["U:a NOOP\\r\\n"]);
+        // Literal over max_literal: sync is refused and the stream goes on,
+        // non-sync is fatal (the payload follows regardless).
+        known_with(
+            limits,
+            C2S,
+            p,
+            b"a LOGIN {11}\r\nb LOGIN {11+}\r\nhello world\r\n",
+            &[
+                "REFUSED(literal_too_large):a LOGIN {11}\\r\\n",
+                "ERR:literal_too_large",
+            ],
+        );
+        // number64 overflow (RFC 9051 §9: 63 bits).
+        known_with(
+            Limits::default(),
+            C2S,
+            p,
+            b"a X {9223372036854775808}\r\nb X {9223372036854775808+}\r\n",
+            &[
+                "REFUSED(literal_too_large):a X {9223372036854775808}\\r\\n",
+                "ERR:literal_too_large",
+            ],
+        );
+        // Too many literals in one unit; the count restarts per unit.
+        known_with(
+            limits,
+            C2S,
+            p,
+            b"a X {1}\r\nx {1}\r\ny\r\nb X {1}\r\nx {1}\r\ny {1}\r\nc NOOP\r\n",
+            &[
+                "U:a X {1}\\r\\n {1}",
+                "LIT:x",
+                "C: {1}\\r\\n {1}",
+                "LIT:y",
+                "C:\\r\\n",
+                "U:b X {1}\\r\\n {1}",
+                "LIT:x",
+                "C: {1}\\r\\n {1}",
+                "LIT:y",
+                "REFUSED(too_many_literals): {1}\\r\\n",
+                "U:c NOOP\\r\\n",
+            ],
+        );
+        // The largest literal allowed, and a bigger non-sync one.
+        known_with(
+            limits,
+            S2C,
+            p,
+            b"* 1 X {10}\r\n0123456789)\r\n* 2 X {11+}\r\n",
+            &[
+                "U:* 1 X {10}\\r\\n {10}",
+                "LIT:0123456789",
+                "C:)\\r\\n",
+                "ERR:literal_too_large",
+            ],
+        );
+    }
+
+    #[test]
+    fn incomplete_literal_and_bare_lf_every_way() {
+        known(
+            C2S,
+            b"a LOGIN {5}\nab",
+            &["U:a LOGIN {5}\\n {5}", "PART:ab"],
+        );
+        known(
+            S2C,
+            b"* OK hi\n\n* 1 EXISTS\r\n",
+            &["U:* OK hi\\n", "U:\\n", "U:* 1 EXISTS\\r\\n"],
+        );
+    }
+
+    #[test]
+    fn direction_constructors() {
+        assert_eq!(Framer::new(Limits::default()).direction(), C2S);
+        assert_eq!(Framer::for_responses(Limits::default()).direction(), S2C);
+        assert_eq!(Direction::default(), C2S);
     }
 }

@@ -343,4 +343,381 @@ mod tests {
             ]))
         );
     }
+
+    // ---- Known answers from the RFCs ----------------------------------
+
+    use crate::imap::check;
+
+    fn rt<'a>(code: Option<Code>, raw: Option<&'a str>, text: &'a str) -> RespText<'a> {
+        RespText {
+            code,
+            raw_code: raw.map(str::as_bytes),
+            text: text.as_bytes(),
+        }
+    }
+
+    fn strings(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    fn other(name: &str, args: Option<&str>) -> Option<Code> {
+        Some(Code::Other(name.into(), args.map(String::from)))
+    }
+
+    #[test]
+    fn known_answers() {
+        use Response::{Continuation, Tagged, Untagged as U};
+        use Status::{Bad, No, Ok as Okay};
+        let tagged = |tag, status, text| Tagged { tag, status, text };
+        let cases: Vec<(&str, &[u8], Response<'_>)> = vec![
+            (
+                "RFC 3501 §7.1.1",
+                b"* OK IMAP4rev1 server ready\r\n",
+                U(Untagged::Status(
+                    Okay,
+                    rt(None, None, "IMAP4rev1 server ready"),
+                )),
+            ),
+            (
+                "RFC 3501 §7.1.1",
+                b"* OK [ALERT] System shutdown in 10 minutes\r\n",
+                U(Untagged::Status(
+                    Okay,
+                    rt(
+                        Some(Code::Alert),
+                        Some("ALERT"),
+                        "System shutdown in 10 minutes",
+                    ),
+                )),
+            ),
+            (
+                "RFC 3501 §7.1.1",
+                b"A001 OK LOGIN Completed\r\n",
+                tagged("A001", Okay, rt(None, None, "LOGIN Completed")),
+            ),
+            (
+                "RFC 3501 §7.1.2",
+                b"* NO Disk is 98% full, please delete unnecessary data\r\n",
+                U(Untagged::Status(
+                    No,
+                    rt(
+                        None,
+                        None,
+                        "Disk is 98% full, please delete unnecessary data",
+                    ),
+                )),
+            ),
+            (
+                "RFC 3501 §7.1.2",
+                b"A223 NO COPY failed: disk is full\r\n",
+                tagged("A223", No, rt(None, None, "COPY failed: disk is full")),
+            ),
+            (
+                "RFC 3501 §7.1.3",
+                b"* BAD Command line too long\r\n",
+                U(Untagged::Status(
+                    Bad,
+                    rt(None, None, "Command line too long"),
+                )),
+            ),
+            (
+                "RFC 3501 §6.4.8 (tagged BAD)",
+                b"A044 BAD No such command as \"BLURDYBLOOP\"\r\n",
+                tagged(
+                    "A044",
+                    Bad,
+                    rt(None, None, "No such command as \"BLURDYBLOOP\""),
+                ),
+            ),
+            (
+                "RFC 3501 §7.1.4",
+                b"* PREAUTH IMAP4rev1 server logged in as Smith\r\n",
+                U(Untagged::Preauth(rt(
+                    None,
+                    None,
+                    "IMAP4rev1 server logged in as Smith",
+                ))),
+            ),
+            (
+                "RFC 3501 §7.1.5",
+                b"* BYE Autologout; idle for too long\r\n",
+                U(Untagged::Bye(rt(
+                    None,
+                    None,
+                    "Autologout; idle for too long",
+                ))),
+            ),
+            (
+                "RFC 3501 §7.2.1",
+                b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=GSSAPI XPIG-LATIN\r\n",
+                U(Untagged::Capability(strings(
+                    "IMAP4rev1 STARTTLS AUTH=GSSAPI XPIG-LATIN",
+                ))),
+            ),
+            (
+                "RFC 9051 §7.2.1",
+                b"* ENABLED CONDSTORE QRESYNC\r\n",
+                U(Untagged::Enabled(strings("CONDSTORE QRESYNC"))),
+            ),
+            (
+                "RFC 5161 §3.1 (ENABLED with nothing enabled)",
+                b"* ENABLED\r\n",
+                U(Untagged::Enabled(vec![])),
+            ),
+            (
+                "RFC 9051 §6.2.1 greeting with CAPABILITY code",
+                b"* OK [CAPABILITY IMAP4rev2 STARTTLS AUTH=GSSAPI] Capabilities\r\n",
+                U(Untagged::Status(
+                    Okay,
+                    rt(
+                        Some(Code::Capability(strings("IMAP4rev2 STARTTLS AUTH=GSSAPI"))),
+                        Some("CAPABILITY IMAP4rev2 STARTTLS AUTH=GSSAPI"),
+                        "Capabilities",
+                    ),
+                )),
+            ),
+            (
+                "RFC 3501 §6.3.1",
+                b"* OK [UNSEEN 12] Message 12 is first unseen\r\n",
+                U(Untagged::Status(
+                    Okay,
+                    rt(
+                        other("UNSEEN", Some("12")),
+                        Some("UNSEEN 12"),
+                        "Message 12 is first unseen",
+                    ),
+                )),
+            ),
+            (
+                "RFC 3501 §6.3.1",
+                b"* OK [PERMANENTFLAGS (\\Deleted \\Seen \\*)] Limited\r\n",
+                U(Untagged::Status(
+                    Okay,
+                    rt(
+                        other("PERMANENTFLAGS", Some("(\\Deleted \\Seen \\*)")),
+                        Some("PERMANENTFLAGS (\\Deleted \\Seen \\*)"),
+                        "Limited",
+                    ),
+                )),
+            ),
+            (
+                "RFC 3501 §6.3.1",
+                b"A142 OK [READ-WRITE] SELECT completed\r\n",
+                tagged(
+                    "A142",
+                    Okay,
+                    rt(
+                        Some(Code::ReadWrite),
+                        Some("READ-WRITE"),
+                        "SELECT completed",
+                    ),
+                ),
+            ),
+            (
+                "RFC 3501 §6.3.2",
+                b"A932 OK [READ-ONLY] EXAMINE completed\r\n",
+                tagged(
+                    "A932",
+                    Okay,
+                    rt(Some(Code::ReadOnly), Some("READ-ONLY"), "EXAMINE completed"),
+                ),
+            ),
+            (
+                "RFC 9051 §6.3.2",
+                b"* OK [CLOSED] Previous mailbox is now closed\r\n",
+                U(Untagged::Status(
+                    Okay,
+                    rt(
+                        Some(Code::Closed),
+                        Some("CLOSED"),
+                        "Previous mailbox is now closed",
+                    ),
+                )),
+            ),
+            (
+                "RFC 9051 §6.4.4",
+                b"B283 NO [BADCHARSET UTF-8] KOI8-R is not supported\r\n",
+                tagged(
+                    "B283",
+                    No,
+                    rt(
+                        other("BADCHARSET", Some("UTF-8")),
+                        Some("BADCHARSET UTF-8"),
+                        "KOI8-R is not supported",
+                    ),
+                ),
+            ),
+            (
+                "RFC 9051 §6.3.12",
+                b"A004 OK [COPYUID 38505 304,319:320 3956:3958] Done\r\n",
+                tagged(
+                    "A004",
+                    Okay,
+                    rt(
+                        other("COPYUID", Some("38505 304,319:320 3956:3958")),
+                        Some("COPYUID 38505 304,319:320 3956:3958"),
+                        "Done",
+                    ),
+                ),
+            ),
+            (
+                "RFC 3501 §7.5",
+                b"+ Ready for additional command text\r\n",
+                Continuation(b"Ready for additional command text"),
+            ),
+            ("RFC 2177 §3", b"+ idling\r\n", Continuation(b"idling")),
+            ("RFC 4959 §4 (bare '+')", b"+\r\n", Continuation(b"")),
+            (
+                "RFC 3501 §6.2.2 (base64 challenge)",
+                b"+ YDMGCSqGSIb3EgECAgIBAAD/////6jcyG4GE3KkTzBeBiVHeceP2CWY0SR0fAQAgAAQEBAQ=\r\n",
+                Continuation(
+                    b"YDMGCSqGSIb3EgECAgIBAAD/////6jcyG4GE3KkTzBeBiVHeceP2CWY0SR0fAQAgAAQEBAQ=",
+                ),
+            ),
+            (
+                "RFC 2177 §3",
+                b"A002 OK IDLE terminated\r\n",
+                tagged("A002", Okay, rt(None, None, "IDLE terminated")),
+            ),
+            // Data: relayed untouched.
+            ("RFC 3501 §7.3.1", b"* 23 EXISTS\r\n", U(Untagged::Data)),
+            ("RFC 3501 §7.4.1", b"* 44 EXPUNGE\r\n", U(Untagged::Data)),
+            (
+                "RFC 3501 §7.2.6",
+                b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n",
+                U(Untagged::Data),
+            ),
+            ("RFC 3501 §7.2.5", b"* SEARCH 2 3 6\r\n", U(Untagged::Data)),
+            (
+                "RFC 3501 §7.2.2",
+                b"* LIST (\\Noselect) \"/\" ~/Mail/foo\r\n",
+                U(Untagged::Data),
+            ),
+            (
+                "RFC 3501 §8",
+                b"* 12 FETCH (BODY[HEADER] {342}\r\n",
+                U(Untagged::Data),
+            ),
+            (
+                "RFC 2971 §3.2",
+                b"* ID (\"name\" \"Cyrus\" \"version\" \"1.5\")\r\n",
+                U(Untagged::Data),
+            ),
+            ("RFC 2971 §3.1", b"* ID NIL\r\n", U(Untagged::Data)),
+        ];
+        for (source, line, expected) in cases {
+            assert_eq!(
+                classify(line),
+                Ok(expected),
+                "{source}: {}",
+                line.escape_ascii()
+            );
+            check::response_case(line).unwrap_or_else(|v| panic!("{source}: {v}"));
+        }
+    }
+
+    #[test]
+    fn rfc5530_codes() {
+        // RFC 5530 §3 examples and the codes the gateway itself sends.
+        for (line, code) in [
+            (
+                &b"a NO [UNAVAILABLE] User's backend down for maintenance"[..],
+                Code::Unavailable,
+            ),
+            (
+                b"b NO [AUTHENTICATIONFAILED] Authentication failed",
+                Code::AuthenticationFailed,
+            ),
+            (
+                b"c1 NO [AUTHORIZATIONFAILED] No such authorization-ID",
+                Code::AuthorizationFailed,
+            ),
+            (
+                b"d NO [EXPIRED] That password isn't valid any more",
+                Code::Expired,
+            ),
+            (
+                b"d NO [PRIVACYREQUIRED] Connection offers no privacy",
+                Code::PrivacyRequired,
+            ),
+            (b"e OK [CONTACTADMIN]", Code::ContactAdmin),
+            (b"f NO [NOPERM] Access denied", Code::NoPerm),
+            (b"g NO [INUSE] Mailbox in use", Code::InUse),
+            (b"j NO [SERVERBUG] This should not happen", Code::ServerBug),
+            (b"k2 OK [CLIENTBUG] Done", Code::ClientBug),
+            (
+                b"m NO [LIMIT] At most 32 flags in one mailbox supported",
+                Code::Limit,
+            ),
+            (b"n1 NO [OVERQUOTA] Sorry", Code::OverQuota),
+            (b"a NO [TRYCREATE] no such mailbox", Code::TryCreate),
+            (b"a BAD [PARSE] bad header", Code::Parse),
+            (b"a NO [TOOBIG] too big", Code::TooBig),
+            (b"a no [unavailable] lower case", Code::Unavailable),
+        ] {
+            match classify(line) {
+                Ok(Response::Tagged { text, .. }) => {
+                    assert_eq!(text.code, Some(code), "{}", line.escape_ascii())
+                }
+                r => panic!("{}: {r:?}", line.escape_ascii()),
+            }
+        }
+        // Codes RFC 5530 defines that the gateway does not act on keep
+        // their name.
+        match classify(b"h OK [EXPUNGEISSUED] Search completed").unwrap() {
+            Response::Tagged { text, .. } => {
+                assert_eq!(text.code, other("EXPUNGEISSUED", None));
+                assert_eq!(text.text, b"Search completed");
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn lenient_and_malformed() {
+        // Lenient: no SP after "]", no text at all, unknown code shapes.
+        assert_eq!(
+            classify(b"a OK [READ-ONLY]done").unwrap(),
+            Response::Tagged {
+                tag: "a",
+                status: Status::Ok,
+                text: rt(Some(Code::ReadOnly), Some("READ-ONLY"), "done")
+            }
+        );
+        assert_eq!(
+            classify(b"a OK").unwrap(),
+            Response::Tagged {
+                tag: "a",
+                status: Status::Ok,
+                text: rt(None, None, "")
+            }
+        );
+        // "[" without "]" is text; an empty or non-atom code is kept raw.
+        match classify(b"* OK [no close").unwrap() {
+            Response::Untagged(Untagged::Status(_, t)) => {
+                assert_eq!(t, rt(None, None, "[no close"))
+            }
+            r => panic!("{r:?}"),
+        }
+        match classify(b"* OK [] x").unwrap() {
+            Response::Untagged(Untagged::Status(_, t)) => assert_eq!(t, rt(None, Some(""), "x")),
+            r => panic!("{r:?}"),
+        }
+        // Malformed first lines.
+        for line in [
+            &b""[..],
+            b"\r\n",
+            b"*",
+            b"*x",
+            b"a",
+            b"a FOO bar",
+            b"a BYE bye",
+            b" OK",
+            b"(a) OK x",
+            b"a\tOK x",
+        ] {
+            assert!(classify(line).is_err(), "{}", line.escape_ascii());
+            check::response_case(line).unwrap();
+        }
+    }
 }

@@ -4,8 +4,9 @@
 //! Every family is prefixed `imapgate_`, has its unit in the name, and only
 //! bounded labels (listener, backend, state, arrow, command, mechanism,
 //! passdb, result, reason, direction): never a user, an address or a
-//! mailbox.  Families are created at startup so `/metrics` lists them all
-//! before the first session.
+//! mailbox.  Families are created at startup, and [`Metrics::prepare`]
+//! adds the zero series a config implies, so `/metrics` lists them before
+//! the first session.
 
 pub mod http;
 
@@ -16,6 +17,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::config::{Config, TlsMode};
 use crate::session::rules;
 
 pub struct Metrics {
@@ -36,12 +38,27 @@ pub struct Metrics {
     pub auth_attempts: IntCounterVec,
     /// Time to decide a login at the edge (passdb lookup).
     pub auth_duration: Histogram,
+    /// Auth cache lookups by result (`hit`, `miss`).
+    pub auth_cache: IntCounterVec,
+    /// Failure answers delayed on purpose, by cause (`ip`, `user`:
+    /// brute-force protection; `passdb`: the passdb's own wait).
+    pub auth_delays: IntCounterVec,
+    /// Logins refused by brute-force protection, by scope (`ip`, `user`).
+    pub auth_refusals: IntCounterVec,
+    /// Logins refused because the hashing queue was full.
+    pub auth_hash_rejected: IntCounter,
+    /// Password hashes running or queued in the hashing pool.
+    pub auth_hash_in_flight: IntGauge,
     /// Backend connections in use, by backend.
     pub backend_sessions: IntGaugeVec,
     /// Time to connect to a backend and read its greeting.
     pub backend_connect_duration: HistogramVec,
     /// Failed backend opens by backend and kind.
     pub backend_connect_failures: IntCounterVec,
+    /// Health per backend: 1 up, 0 down (active checks and passive marking).
+    pub backend_up: IntGaugeVec,
+    /// 1 while a backend is drained (no new users), else 0.
+    pub backend_draining: IntGaugeVec,
     /// Bytes relayed by direction (`client_to_backend`, `backend_to_client`).
     pub relayed_bytes: IntCounterVec,
     /// Sessions ended, by reason.
@@ -169,6 +186,44 @@ impl Metrics {
                 &["mechanism", "passdb", "result"],
             ),
             auth_duration,
+            auth_cache: counter(
+                r,
+                "imapgate_auth_cache_total",
+                "Auth cache lookups by result.",
+                &["result"],
+            ),
+            auth_delays: counter(
+                r,
+                "imapgate_auth_delays_total",
+                "Failed logins answered after a deliberate delay, by cause.",
+                &["scope"],
+            ),
+            auth_refusals: counter(
+                r,
+                "imapgate_auth_refusals_total",
+                "Logins refused by brute-force protection, by scope.",
+                &["scope"],
+            ),
+            auth_hash_rejected: {
+                let c = IntCounter::new(
+                    "imapgate_auth_hash_rejected_total",
+                    "Logins refused because the password hashing queue was full.",
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            auth_hash_in_flight: {
+                let g = IntGauge::new(
+                    "imapgate_auth_hash_in_flight",
+                    "Password hashes running or queued.",
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             backend_sessions: gauge(
                 r,
                 "imapgate_backend_sessions",
@@ -181,6 +236,18 @@ impl Metrics {
                 "imapgate_backend_connect_failures_total",
                 "Failed backend connects or logins, by backend and kind.",
                 &["backend", "kind"],
+            ),
+            backend_up: gauge(
+                r,
+                "imapgate_backend_up",
+                "Backend health: 1 up, 0 down.",
+                &["backend"],
+            ),
+            backend_draining: gauge(
+                r,
+                "imapgate_backend_draining",
+                "1 while the backend is drained (no new users routed there).",
+                &["backend"],
             ),
             relayed_client: relayed_bytes.with_label_values(&["client_to_backend"]),
             relayed_backend: relayed_bytes.with_label_values(&["backend_to_client"]),
@@ -229,7 +296,46 @@ impl Metrics {
         for result in ["ok", "failed", "unavailable"] {
             m.config_reloads.with_label_values(&[result]);
         }
+        for result in ["hit", "miss"] {
+            m.auth_cache.with_label_values(&[result]);
+        }
+        for scope in ["ip", "user", "passdb"] {
+            m.auth_delays.with_label_values(&[scope]);
+        }
+        for scope in ["ip", "user"] {
+            m.auth_refusals.with_label_values(&[scope]);
+        }
         m
+    }
+
+    /// Create the zero-valued series a config implies (per listener and
+    /// backend), so rates work from the first scrape and every family a
+    /// dashboard uses is listed before the first session.  Called at
+    /// startup and after each reload; series of removed names stay until
+    /// restart (their counters must not go backwards).
+    pub fn prepare(&self, config: &Config) {
+        for l in &config.listeners {
+            self.connections_accepted.with_label_values(&[&l.name]);
+            self.connections_rejected
+                .with_label_values(&[&l.name, "max_connections"]);
+            if l.tls != TlsMode::None {
+                for version in ["tls1.2", "tls1.3"] {
+                    self.tls_handshakes
+                        .with_label_values(&[&l.name, "ok", version]);
+                }
+            }
+        }
+        for b in &config.backends {
+            self.backend_sessions.with_label_values(&[&b.name]);
+            self.backend_connect_duration.with_label_values(&[&b.name]);
+            for kind in ["connect", "timeout"] {
+                self.backend_connect_failures
+                    .with_label_values(&[&b.name, kind]);
+            }
+        }
+        for reason in ["client_closed", "logout", "timeout", "kicked"] {
+            self.sessions_closed.with_label_values(&[reason]);
+        }
     }
 
     /// Prometheus text exposition of every family.

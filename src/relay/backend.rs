@@ -1,24 +1,36 @@
 //! The backend leg's opening: connect, read the greeting, learn the
 //! capabilities, tell the backend who the client is (ID), and log in for
 //! the user.  Only after this succeeds does the relay start.
+//!
+//! TLS (per backend `tls`): `implicit` handshakes right after connect;
+//! `starttls` reads the greeting, requires the STARTTLS capability (never
+//! falls back to cleartext), upgrades, and asks for the capabilities again
+//! (RFC 3501 §6.2.1: the pre-TLS list is void).  A certificate that does not
+//! verify counts as the backend being down.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::config::MasterMethod;
+use crate::config::TlsMode;
 use crate::imap::encode::{self, LiteralMode};
 use crate::imap::response::{classify, Code, Response, Status, Untagged};
 use crate::imap::{Frame, Framer, Limits, Secret};
-use crate::route::Backend;
+use crate::route::{Backend, MasterCredentials};
+use crate::tls::{self, BackendStream, BackendTls, HandshakeError, Stream};
 
 /// A logged-in backend connection, ready to relay.
 #[derive(Debug)]
 pub struct BackendConn {
     /// The backend's name (metric label).
     pub name: String,
-    pub stream: TcpStream,
+    /// The session's place in its user's count (`max_sessions_per_user`),
+    /// held as long as the backend leg.
+    pub user_permit: Option<crate::limits::UserPermit>,
+    pub stream: BackendStream,
     /// The backend's capabilities after login.
     pub capabilities: Vec<String>,
     /// Bytes the backend sent after its LOGIN answer; relay them first.
@@ -42,6 +54,22 @@ pub enum BackendError {
     Protocol(String),
     #[error("connection lost: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake failed; a certificate that does not verify says
+    /// so in the message operators grep for.
+    #[error("{}", tls_message(.0))]
+    Tls(HandshakeError),
+    /// `tls = "starttls"` but the backend does not offer it (or refused
+    /// it): credentials are never sent in clear instead.
+    #[error("backend does not offer STARTTLS; refusing to send credentials in clear: {0}")]
+    NoStartTls(String),
+}
+
+fn tls_message(e: &HandshakeError) -> String {
+    if e.is_certificate_error() {
+        format!("backend certificate verification failed: {e}")
+    } else {
+        format!("TLS handshake with backend failed: {e}")
+    }
 }
 
 impl BackendError {
@@ -49,7 +77,11 @@ impl BackendError {
     pub fn try_next(&self) -> bool {
         matches!(
             self,
-            BackendError::Connect(_) | BackendError::Timeout(_) | BackendError::Greeting(_)
+            BackendError::Connect(_)
+                | BackendError::Timeout(_)
+                | BackendError::Greeting(_)
+                | BackendError::Tls(_)
+                | BackendError::NoStartTls(_)
         )
     }
 
@@ -62,6 +94,9 @@ impl BackendError {
             BackendError::Rejected { .. } => "rejected",
             BackendError::Protocol(_) => "protocol",
             BackendError::Io(_) => "io",
+            BackendError::Tls(e) if e.is_certificate_error() => "tls_certificate",
+            BackendError::Tls(_) => "tls_handshake",
+            BackendError::NoStartTls(_) => "starttls_unavailable",
         }
     }
 }
@@ -82,37 +117,121 @@ pub struct Timeouts {
     pub login: Duration,
 }
 
-/// Connect to `backend`, read its greeting and log in as `user`.
+/// Connect to `backend` (over TLS when `tls` says so), read its greeting
+/// and log in as `user`.  The TLS handshake counts against the connect
+/// timeout.
+/// Whose credentials the gateway logs in with.
+#[derive(Debug, Clone, Copy)]
+pub enum BackendAuth<'a> {
+    /// The client's own user and password.
+    Client {
+        user: &'a str,
+        password: &'a Secret<Vec<u8>>,
+    },
+    /// The backend's master user, acting for `user`.
+    Master {
+        user: &'a str,
+        master: &'a MasterCredentials,
+    },
+}
+
+impl BackendAuth<'_> {
+    /// The login command for a backend with these capabilities.
+    fn command(&self, has: impl Fn(&str) -> bool) -> encode::Outgoing {
+        let mode = |len: usize| {
+            if has("LITERAL+") || (has("LITERAL-") && len <= 4096) {
+                LiteralMode::NonSync
+            } else {
+                LiteralMode::Sync
+            }
+        };
+        match *self {
+            BackendAuth::Client { user, password } => {
+                let longest = user.len().max(password.expose().len());
+                encode::login("G2", user.as_bytes(), password.expose(), mode(longest))
+            }
+            BackendAuth::Master { user, master } => match master.method {
+                // RFC 4616: authzid = the user, authcid = the master.
+                MasterMethod::Authzid => encode::authenticate_plain(
+                    "G2",
+                    user.as_bytes(),
+                    master.user.as_bytes(),
+                    master.password.expose(),
+                    has("SASL-IR"),
+                ),
+                // Dovecot: LOGIN "user*master" password.
+                MasterMethod::Separator => {
+                    let login = format!("{user}{}{}", master.separator, master.user);
+                    let longest = login.len().max(master.password.expose().len());
+                    encode::login(
+                        "G2",
+                        login.as_bytes(),
+                        master.password.expose(),
+                        mode(longest),
+                    )
+                }
+            },
+        }
+    }
+}
+
 pub async fn open(
     backend: &Backend,
-    user: &str,
-    password: &Secret<Vec<u8>>,
+    tls: Option<&BackendTls>,
+    auth: BackendAuth<'_>,
     meta: &ClientMeta,
     timeouts: Timeouts,
 ) -> Result<BackendConn, BackendError> {
     let started = std::time::Instant::now();
-    let (stream, greeting_caps, reader) = tokio::time::timeout(timeouts.connect, greet(backend))
-        .await
-        .map_err(|_| BackendError::Timeout("connecting or waiting for the greeting"))??;
+    let (stream, greeting_caps, reader) =
+        tokio::time::timeout(timeouts.connect, greet(backend, tls))
+            .await
+            .map_err(|_| BackendError::Timeout("connecting or waiting for the greeting"))??;
     crate::metrics::get()
         .backend_connect_duration
         .with_label_values(&[&backend.name])
         .observe(started.elapsed().as_secs_f64());
     tokio::time::timeout(
         timeouts.login,
-        login(stream, reader, greeting_caps, backend, user, password, meta),
+        login(stream, reader, greeting_caps, backend, auth, meta),
     )
     .await
     .map_err(|_| BackendError::Timeout("waiting for the login answer"))?
 }
 
+/// Active health check ([`crate::route::health`]): connect, TLS or
+/// STARTTLS as configured, read the greeting, say LOGOUT, all within
+/// `timeout`.  No credentials are sent.
+pub async fn probe(
+    backend: std::sync::Arc<Backend>,
+    tls: Option<BackendTls>,
+    timeout: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, greet(&backend, tls.as_ref())).await {
+        Err(_) => Err("timed out connecting or waiting for the greeting".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok((mut stream, _, _))) => {
+            // Politeness only; the greeting already answered the question.
+            let _ = tokio::time::timeout(timeout, send(&mut stream, b"P LOGOUT\r\n")).await;
+            Ok(())
+        }
+    }
+}
+
 async fn greet(
     backend: &Backend,
-) -> Result<(TcpStream, Option<Vec<String>>, LineReader), BackendError> {
-    let mut stream = TcpStream::connect((backend.host.as_str(), backend.port))
+    tls: Option<&BackendTls>,
+) -> Result<(BackendStream, Option<Vec<String>>, LineReader), BackendError> {
+    let tcp = TcpStream::connect((backend.host.as_str(), backend.port))
         .await
         .map_err(BackendError::Connect)?;
-    stream.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
+    let mut stream = match tls {
+        Some(t) if t.mode == TlsMode::Implicit => {
+            tls::connect(t, tcp).await.map_err(BackendError::Tls)?
+        }
+        _ => Stream::Plain(tcp),
+    };
     let mut reader = LineReader::new();
     let line = reader.line(&mut stream).await?;
     let caps = match classify(&line).map_err(|e| BackendError::Greeting(e.to_string()))? {
@@ -135,16 +254,77 @@ async fn greet(
         }
         _ => return Err(BackendError::Greeting(printable(&line))),
     };
-    Ok((stream, caps, reader))
+    match tls {
+        Some(t) if t.mode == TlsMode::Starttls => {
+            let stream = starttls(stream, &mut reader, caps, t).await?;
+            // The capabilities from before TLS are void (RFC 3501 §6.2.1);
+            // login() asks again.
+            Ok((stream, None, reader))
+        }
+        _ => Ok((stream, caps, reader)),
+    }
+}
+
+/// Upgrade a plain backend connection with STARTTLS (RFC 2595 §3.1).
+async fn starttls(
+    mut stream: BackendStream,
+    reader: &mut LineReader,
+    greeting_caps: Option<Vec<String>>,
+    tls: &BackendTls,
+) -> Result<BackendStream, BackendError> {
+    let caps = match greeting_caps {
+        Some(c) => c,
+        None => capability(&mut stream, reader, "G0").await?,
+    };
+    if !caps.iter().any(|c| c.eq_ignore_ascii_case("STARTTLS")) {
+        return Err(BackendError::NoStartTls(
+            "STARTTLS not in its capabilities".into(),
+        ));
+    }
+    send(&mut stream, b"GS STARTTLS\r\n").await?;
+    loop {
+        let line = reader.line(&mut stream).await?;
+        match classify(&line).map_err(|e| BackendError::Protocol(e.to_string()))? {
+            Response::Tagged {
+                tag: "GS",
+                status: Status::Ok,
+                ..
+            } => break,
+            Response::Tagged { tag: "GS", .. } => {
+                return Err(BackendError::NoStartTls(format!(
+                    "STARTTLS refused: {}",
+                    printable(&line)
+                )))
+            }
+            _ => {}
+        }
+    }
+    // Whatever followed the tagged OK in plaintext was not protected by TLS
+    // (response injection, the backend side of CVE-2011-0411): refuse.
+    if reader.has_buffered() {
+        return Err(BackendError::Greeting(
+            "backend sent data after its STARTTLS OK, before the TLS handshake".into(),
+        ));
+    }
+    reader.reset();
+    let tcp = stream
+        .take_plain()
+        .expect("the backend stream is plain before STARTTLS");
+    tls::connect(tls, tcp).await.map_err(BackendError::Tls)
+}
+
+/// Write and flush (TLS buffers records until flushed).
+async fn send(stream: &mut BackendStream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 async fn login(
-    mut stream: TcpStream,
+    mut stream: BackendStream,
     mut reader: LineReader,
     greeting_caps: Option<Vec<String>>,
     backend: &Backend,
-    user: &str,
-    password: &Secret<Vec<u8>>,
+    auth: BackendAuth<'_>,
     meta: &ClientMeta,
 ) -> Result<BackendConn, BackendError> {
     let caps = match greeting_caps {
@@ -174,20 +354,14 @@ async fn login(
         ];
         first.extend(encode::id_command("G1", fields.into_iter()));
     }
-    let small = user.len() <= 4096 && password.expose().len() <= 4096;
-    let mode = if has("LITERAL+") || (has("LITERAL-") && small) {
-        LiteralMode::NonSync
-    } else {
-        LiteralMode::Sync
-    };
-    let cmd = encode::login("G2", user.as_bytes(), password.expose(), mode);
+    let cmd = auth.command(has);
     let mut parts = cmd.parts.into_iter();
     // The ID command and the first LOGIN part go out in one write.
     first.extend(parts.next().unwrap_or_default());
-    stream.write_all(&first).await?;
+    send(&mut stream, &first).await?;
     for part in parts {
         wait_continuation(&mut stream, &mut reader).await?;
-        stream.write_all(&part).await?;
+        send(&mut stream, &part).await?;
     }
     let mut login_caps = None;
     loop {
@@ -229,6 +403,7 @@ async fn login(
     };
     Ok(BackendConn {
         name: backend.name.clone(),
+        user_permit: None,
         stream,
         capabilities,
         leftover: reader.into_leftover(),
@@ -236,13 +411,11 @@ async fn login(
 }
 
 async fn capability(
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     reader: &mut LineReader,
     tag: &str,
 ) -> Result<Vec<String>, BackendError> {
-    stream
-        .write_all(format!("{tag} CAPABILITY\r\n").as_bytes())
-        .await?;
+    send(stream, format!("{tag} CAPABILITY\r\n").as_bytes()).await?;
     let mut caps = Vec::new();
     loop {
         let line = reader.line(stream).await?;
@@ -260,7 +433,7 @@ async fn capability(
 }
 
 async fn wait_continuation(
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     reader: &mut LineReader,
 ) -> Result<(), BackendError> {
     loop {
@@ -299,7 +472,10 @@ impl LineReader {
         }
     }
 
-    async fn line(&mut self, stream: &mut TcpStream) -> Result<Vec<u8>, BackendError> {
+    async fn line<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+    ) -> Result<Vec<u8>, BackendError> {
         loop {
             match self.framer.next(&self.buf) {
                 Ok(Some(Frame::Line { len, .. })) => return Ok(self.buf.drain(..len).collect()),
@@ -318,6 +494,17 @@ impl LineReader {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// Bytes read but not yet returned as lines.
+    fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Forget any partial line (after STARTTLS nothing is buffered).
+    fn reset(&mut self) {
+        self.buf.clear();
+        self.framer.reset();
     }
 
     fn into_leftover(self) -> Vec<u8> {

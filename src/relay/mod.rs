@@ -2,6 +2,13 @@
 //! phase (the gateway answers itself), the login (passdb, routing, backend
 //! login), then the [pump] that relays both directions.  All socket I/O of
 //! a session lives here; every protocol decision is the [`Session`]'s.
+//!
+//! TLS: an `implicit` listener handshakes before the greeting; on a
+//! `starttls` listener the session asks for the upgrade with
+//! [`Action::StartTls`] after its tagged OK, and the relay then drops every
+//! byte the client sent after the STARTTLS line (RFC 2595 §3.1, RFC 3501
+//! §6.2.1, CVE-2011-0411) before handshaking; nothing said or received in
+//! plaintext crosses the switch.
 
 pub mod backend;
 pub mod pump;
@@ -14,15 +21,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::auth::{Answer, Credentials};
+use crate::auth::{preauth, ClientFacts, Credentials, Failure, Outcome, TlsFacts, UserInfo};
+use crate::config::{BackendLogin, TlsMode};
 use crate::imap::command::{parse_command, parse_command_head, ParseError};
 use crate::imap::encode;
-use crate::imap::{Frame, FrameError, Framer, Limits};
+use crate::imap::{Frame, FrameError, Framer, Limits, Secret};
 use crate::metrics::{self, StateGauge};
+use crate::registry::{self, SessionHandle};
 use crate::runtime::Runtime;
 use crate::session::rules;
 use crate::session::{Action, Arrow, LoginFailure, LoginRequest, Policy, Session, State, User};
-use backend::{BackendConn, ClientMeta};
+use crate::tls::{self, ClientStream, ListenerTls, TlsInfo};
+use backend::{BackendAuth, BackendConn, ClientMeta};
 
 /// Before login, a non-synchronizing literal may be at most this large
 /// (LITERAL-, RFC 7888 §5).
@@ -38,7 +48,7 @@ pub struct Connection {
 }
 
 /// Serve one accepted connection to the end.
-pub async fn serve(mut client: TcpStream, conn: Connection, runtime: Arc<Runtime>) {
+pub async fn serve(tcp: TcpStream, conn: Connection, runtime: Arc<Runtime>) {
     let started = Instant::now();
     let listener = runtime
         .config
@@ -50,9 +60,14 @@ pub async fn serve(mut client: TcpStream, conn: Connection, runtime: Arc<Runtime
         .trusted_networks
         .iter()
         .any(|n| n.contains(&conn.peer.ip()));
+    let listener_tls = runtime.tls.listener(&conn.listener);
+    let mode = listener_tls.map_or(TlsMode::None, |t| t.mode);
+    let mut client = ClientStream::Plain(tcp);
     let mut session = Session::new(Policy {
-        cleartext_ok: trusted,
-        starttls_available: false,
+        // RFC 8314 §4: cleartext credentials only over TLS, or from a
+        // trusted network.  Implicit TLS is up before the greeting.
+        cleartext_ok: trusted || mode == TlsMode::Implicit,
+        starttls_available: mode == TlsMode::Starttls,
         mechanisms: listener
             .mechanisms
             .iter()
@@ -61,33 +76,61 @@ pub async fn serve(mut client: TcpStream, conn: Connection, runtime: Arc<Runtime
         max_bad_commands: runtime.config.limits.max_bad_commands,
     });
     info!(listener = %conn.listener, "connection opened");
+    // In the admin API's list until this function returns.
+    let registration = registry::get().register(conn.id, conn.peer, conn.listener.clone());
+    let handle = registration.handle();
     let metrics = crate::metrics::get();
     let mut gauge = StateGauge::new(session.state().label());
     let mut arrows = |arrow: Arrow, state: &State| {
         metrics.arrow(arrow.number());
         debug!(arrow = arrow.number(), state = state.label(), "transition")
     };
-    arrows(Arrow::OkGreeting, session.state());
     let outcome = async {
-        client
-            .write_all(&session.greeting("imapgate ready"))
-            .await?;
+        if let Some(tls) = listener_tls.filter(|t| t.mode == TlsMode::Implicit) {
+            if let Err(reason) = handshake(&mut client, tls, &conn).await {
+                return Ok(PreAuthEnd::Closed(reason));
+            }
+        }
+        let cert = client.tls_connection().and_then(|c| TlsInfo::of(c).client);
+        if let Some(user) = preauth::match_rules(
+            &runtime.config.preauth,
+            &conn.listener,
+            conn.peer.ip(),
+            cert.as_ref(),
+        ) {
+            return pre_authenticate(
+                &mut client,
+                &mut session,
+                user,
+                &conn,
+                &runtime,
+                &mut arrows,
+            )
+            .await;
+        }
+        arrows(Arrow::OkGreeting, session.state());
+        send(&mut client, &session.greeting("imapgate ready")).await?;
         let deadline = tokio::time::Instant::now() + runtime.config.limits.login_timeout();
         let login = tokio::time::timeout_at(
             deadline,
-            not_authenticated(&mut client, &mut session, &conn, &runtime),
+            not_authenticated(
+                &mut client,
+                &mut session,
+                &conn,
+                &runtime,
+                listener_tls,
+                handle,
+            ),
         )
         .await;
         match login {
             Ok(r) => r,
             Err(_) => {
-                let _ = client
-                    .write_all(&encode::untagged(
-                        "BYE",
-                        Some("UNAVAILABLE"),
-                        "Login timeout; closing",
-                    ))
-                    .await;
+                let _ = send(
+                    &mut client,
+                    &encode::untagged("BYE", Some("UNAVAILABLE"), "Login timeout; closing"),
+                )
+                .await;
                 Ok(PreAuthEnd::Closed("login_timeout"))
             }
         }
@@ -115,15 +158,20 @@ pub async fn serve(mut client: TcpStream, conn: Connection, runtime: Arc<Runtime
                 ..
             } = backend;
             gauge.set(session.state().label());
+            if let Some(user) = session.state().user() {
+                handle.logged_in(user.clone(), &name);
+            }
+            handle.set_state(session.state().label());
             let _backend_gauge = crate::metrics::BackendGauge::new(&name);
             let (end, totals) = pump::Pump::new(
-                client,
+                &mut client,
                 stream,
                 &mut session,
                 framer_limits,
                 timeouts,
                 &mut arrows,
                 &mut gauge,
+                handle,
             )
             .run(&client_leftover, &leftover)
             .await;
@@ -135,6 +183,11 @@ pub async fn serve(mut client: TcpStream, conn: Connection, runtime: Arc<Runtime
             ("io_error", None)
         }
     };
+    // A TLS client gets close_notify, so it can tell our close from a
+    // truncation (RFC 8446 §6.1); bounded, the peer may be gone.
+    if client.is_tls() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.shutdown()).await;
+    }
     if let Some(arrow) = session.closed() {
         arrows(arrow, session.state());
     }
@@ -152,6 +205,47 @@ pub async fn serve(mut client: TcpStream, conn: Connection, runtime: Arc<Runtime
     );
 }
 
+/// Arrow (2): a PREAUTH rule named the user.  Log in to the backend as
+/// the master user for them, then greet `* PREAUTH [CAPABILITY …]`; if no
+/// backend will have them, greet `* BYE [UNAVAILABLE]` (arrow 3).
+async fn pre_authenticate(
+    client: &mut ClientStream,
+    session: &mut Session,
+    user: String,
+    conn: &Connection,
+    runtime: &Runtime,
+    arrows: &mut (dyn FnMut(Arrow, &State) + Send),
+) -> std::io::Result<PreAuthEnd> {
+    tracing::Span::current().record("user", tracing::field::debug(&user));
+    let info = UserInfo {
+        user,
+        ..UserInfo::default()
+    };
+    match open_backend(&info, Creds::Preauth, conn, runtime).await {
+        Ok(backend) => {
+            info!(user = ?info.user, backend = %backend.name, result = "ok", mechanism = "PREAUTH", "auth");
+            let greeting =
+                session.preauth_greeting(Arc::from(info.user.as_str()), &backend.capabilities);
+            arrows(Arrow::PreauthGreeting, session.state());
+            send(client, &greeting).await?;
+            Ok(PreAuthEnd::LoggedIn {
+                backend,
+                client_leftover: Vec::new(),
+            })
+        }
+        Err(failure) => {
+            warn!(user = ?info.user, ?failure, "PREAUTH: no backend session; refusing the connection");
+            arrows(Arrow::ByeGreeting, session.state());
+            send(
+                client,
+                &Session::bye_greeting(Some("UNAVAILABLE"), "Service unavailable; try again later"),
+            )
+            .await?;
+            Ok(PreAuthEnd::Closed("preauth_unavailable"))
+        }
+    }
+}
+
 enum PreAuthEnd {
     LoggedIn {
         backend: BackendConn,
@@ -161,13 +255,69 @@ enum PreAuthEnd {
     Closed(&'static str),
 }
 
+/// Write and flush: TLS keeps records in its buffer until flushed.
+async fn send(client: &mut ClientStream, bytes: &[u8]) -> std::io::Result<()> {
+    client.write_all(bytes).await?;
+    client.flush().await
+}
+
+/// TLS handshake on a plain client stream (implicit TLS, or after
+/// STARTTLS), within the listener's handshake timeout.  On success the
+/// stream is TLS; on failure it is closed and the reason is returned.
+async fn handshake(
+    client: &mut ClientStream,
+    tls: &ListenerTls,
+    conn: &Connection,
+) -> Result<(), &'static str> {
+    let tcp = client
+        .take_plain()
+        .expect("TLS handshakes start on a plain stream");
+    let metrics = metrics::get();
+    match tls::accept(tls, tcp).await {
+        Ok(stream) => {
+            *client = stream;
+            let info = client
+                .tls_connection()
+                .map(TlsInfo::of)
+                .expect("the stream is TLS after a handshake");
+            metrics
+                .tls_handshakes
+                .with_label_values(&[&conn.listener, "ok", info.version])
+                .inc();
+            let span = tracing::Span::current();
+            span.record("tls", info.version);
+            if let Some(id) = &info.client {
+                span.record("client_cert", tracing::field::display(id));
+            }
+            debug!(
+                version = info.version,
+                cipher = info.cipher,
+                sni = info.sni.as_deref(),
+                client_cert = info.client.as_ref().map(tracing::field::display),
+                "TLS established"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            metrics
+                .tls_handshakes
+                .with_label_values(&[&conn.listener, e.kind(), "none"])
+                .inc();
+            tls::log_handshake_failure(&conn.listener, &e);
+            Err("tls_handshake_failed")
+        }
+    }
+}
+
 /// The not-authenticated state: frame, parse, let the session answer, until
 /// it logs in or closes.
 async fn not_authenticated(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     session: &mut Session,
     conn: &Connection,
     runtime: &Runtime,
+    listener_tls: Option<&ListenerTls>,
+    handle: &SessionHandle,
 ) -> std::io::Result<PreAuthEnd> {
     let limits = &runtime.config.limits;
     let mut framer = Framer::new(Limits {
@@ -179,7 +329,9 @@ async fn not_authenticated(
     // The command being assembled: lines with their literals inline.
     let mut unit: Vec<u8> = Vec::new();
     let mut bare_lf = false;
-    loop {
+    // Login attempts on this connection (nginx's Auth-Login-Attempt).
+    let mut attempts: u32 = 0;
+    'read: loop {
         let mut replies = Vec::new();
         let mut consumed = 0;
         loop {
@@ -189,7 +341,7 @@ async fn not_authenticated(
                 Err(e) => {
                     let fatal = limit_reply(e, &buf[consumed..], &mut replies);
                     if fatal {
-                        client.write_all(&replies).await?;
+                        send(client, &replies).await?;
                         return Ok(PreAuthEnd::Closed(e.kind()));
                     }
                     consumed += e.line_len().unwrap_or(0);
@@ -214,7 +366,7 @@ async fn not_authenticated(
                             Some("TOOBIG"),
                             "Non-synchronizing literal over 4096 octets; use {n}",
                         ));
-                        client.write_all(&replies).await?;
+                        send(client, &replies).await?;
                         return Ok(PreAuthEnd::Closed("literal_too_large"));
                     }
                     if lit.sync {
@@ -270,16 +422,48 @@ async fn not_authenticated(
                         )
                     }
                     Action::Close => {
-                        client.write_all(&replies).await?;
+                        send(client, &replies).await?;
                         return Ok(PreAuthEnd::Closed("logout"));
                     }
                     Action::StartTls => {
-                        // Not offered until TLS is configured on a listener.
-                        warn!("STARTTLS requested but not available");
+                        // The tagged OK goes out in plaintext, then the
+                        // handshake.  Everything the client pipelined after
+                        // the STARTTLS line arrived before TLS and is
+                        // dropped unexecuted (RFC 2595 §3.1, CVE-2011-0411).
+                        send(client, &std::mem::take(&mut replies)).await?;
+                        let dropped = buf.len() - consumed;
+                        buf.clear();
+                        framer.reset();
+                        unit.clear();
+                        bare_lf = false;
+                        if dropped > 0 {
+                            debug!(bytes = dropped, "discarded plaintext sent after STARTTLS");
+                        }
+                        let Some(tls) = listener_tls.filter(|t| t.mode == TlsMode::Starttls) else {
+                            // The session offers STARTTLS only when policy
+                            // says so; a mismatch is a bug, fail closed.
+                            warn!("STARTTLS accepted without TLS configured; closing");
+                            return Ok(PreAuthEnd::Closed("internal_error"));
+                        };
+                        if let Err(reason) = handshake(client, tls, conn).await {
+                            return Ok(PreAuthEnd::Closed(reason));
+                        }
+                        session.tls_established();
+                        continue 'read;
                     }
                     Action::Login(req) => {
-                        client.write_all(&std::mem::take(&mut replies)).await?;
-                        let (result, backend) = log_in(&req, conn, runtime).await;
+                        send(client, &std::mem::take(&mut replies)).await?;
+                        attempts = attempts.saturating_add(1);
+                        let asks_cert = runtime.config.listeners.iter().any(|l| {
+                            *l.name == *conn.listener
+                                && l.client_auth != crate::config::ClientAuth::None
+                        });
+                        let facts = ClientFacts {
+                            ip: conn.peer.ip(),
+                            attempt: attempts,
+                            tls: client.tls_connection().map(|c| TlsFacts::of(c, asks_cert)),
+                        };
+                        let (result, backend, close) = log_in(&req, conn, runtime, &facts).await;
                         let actions = session.login_finished(result);
                         for a in actions {
                             match a {
@@ -288,12 +472,17 @@ async fn not_authenticated(
                                 _ => {}
                             }
                         }
-                        client.write_all(&std::mem::take(&mut replies)).await?;
+                        send(client, &std::mem::take(&mut replies)).await?;
                         if let Some(backend) = backend {
                             return Ok(PreAuthEnd::LoggedIn {
                                 backend,
                                 client_leftover: buf[consumed..].to_vec(),
                             });
+                        }
+                        if close {
+                            // The passdb said so (nginx auth_http: a
+                            // failure without Auth-Wait ends the session).
+                            return Ok(PreAuthEnd::Closed("auth_failed"));
                         }
                     }
                 }
@@ -301,13 +490,23 @@ async fn not_authenticated(
         }
         buf.drain(..consumed);
         if !replies.is_empty() {
-            client.write_all(&replies).await?;
+            send(client, &replies).await?;
         }
         let mut chunk = [0u8; 4096];
-        let n = client.read(&mut chunk).await?;
+        // Waiting for the client is the one place a kick can land between
+        // replies: everything owed has been sent.
+        let n = tokio::select! {
+            n = client.read(&mut chunk) => n?,
+            () = handle.kicked() => {
+                let bye = encode::untagged("BYE", Some("UNAVAILABLE"), handle.kick_reason());
+                send(client, &bye).await?;
+                return Ok(PreAuthEnd::Closed("kicked"));
+            }
+        };
         if n == 0 {
             return Ok(PreAuthEnd::Closed("client_closed"));
         }
+        handle.add_in(n);
         buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -346,56 +545,120 @@ fn limit_reply(e: FrameError, input: &[u8], replies: &mut Vec<u8>) -> bool {
 }
 
 /// Check credentials at the edge, then open the user's backend.  The
-/// backend is contacted only after the passdb accepted the user.
+/// backend is contacted only after the passdb accepted the user.  The
+/// third value says to close the connection after the answer.
 async fn log_in(
     req: &LoginRequest,
     conn: &Connection,
     runtime: &Runtime,
+    client: &ClientFacts,
 ) -> (
     Result<(User, Vec<String>), LoginFailure>,
     Option<BackendConn>,
+    bool,
 ) {
     let started = Instant::now();
-    let verdict = runtime.passdbs.verify(&Credentials {
-        username: &req.username,
-        password: &req.password,
-    });
+    let creds = Credentials {
+        username: req.username.clone(),
+        password: req.password.clone(),
+    };
+    let outcome = runtime.auth.authenticate(&creds, client).await;
     let m = metrics::get();
     m.auth_duration.observe(started.elapsed().as_secs_f64());
-    let result_label = match &verdict.answer {
-        Answer::Accept(_) => "ok",
-        Answer::TempFail(_) => "tempfail",
-        Answer::Reject { .. } | Answer::Unknown => "failed",
-    };
     m.auth_attempts
-        .with_label_values(&[req.mechanism, verdict.passdb, result_label])
+        .with_label_values(&[req.mechanism, outcome.passdb, outcome.label()])
         .inc();
-    let info = match verdict.answer {
-        Answer::Accept(info) => info,
-        answer => {
-            let (result, reason) = match &answer {
-                Answer::TempFail(why) => (
-                    LoginFailure::Unavailable("Authentication service unavailable".into()),
-                    why.as_str(),
-                ),
-                Answer::Reject { reason } => (LoginFailure::BadCredentials, *reason),
-                Answer::Unknown | Answer::Accept(_) => {
-                    (LoginFailure::BadCredentials, "unknown user")
-                }
+    let info = match &outcome.result {
+        Ok(info) => info,
+        Err(failure) => {
+            audit(req, client, &outcome, outcome.label(), "", started);
+            let close = matches!(failure, Failure::BadCredentials { close: true });
+            let failure = match failure {
+                // Wrong password and unknown user: the same answer.
+                Failure::BadCredentials { .. } => LoginFailure::BadCredentials,
+                Failure::Unavailable(text) => LoginFailure::Unavailable((*text).into()),
+                // `nologin`: the passdb's text, with the code of a failed
+                // login (reusing the variant that carries code and text).
+                Failure::NoLogin(text) => LoginFailure::Backend {
+                    code: Some("AUTHENTICATIONFAILED".into()),
+                    text: text.clone(),
+                },
             };
-            info!(
-                user = ?req.username,
-                mechanism = req.mechanism,
-                passdb = verdict.passdb,
-                result = "failed",
-                reason,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "auth"
-            );
-            return (Err(result), None);
+            return (Err(failure), None, close);
         }
     };
     tracing::Span::current().record("user", tracing::field::debug(&info.user));
+    match open_backend(info, Creds::Client(&req.password), conn, runtime).await {
+        Ok(backend) => {
+            audit(req, client, &outcome, "ok", &backend.name, started);
+            let user: User = Arc::from(info.user.as_str());
+            let caps = backend.capabilities.clone();
+            (Ok((user, caps)), Some(backend), false)
+        }
+        Err(failure) => {
+            let result = match &failure {
+                LoginFailure::Limit(_) => "limit",
+                LoginFailure::Backend { .. } => "backend_rejected",
+                _ => "backend_unavailable",
+            };
+            audit(req, client, &outcome, result, "", started);
+            (Err(failure), None, false)
+        }
+    }
+}
+
+/// The audit line: one per login attempt, never the password.  The user
+/// name is Debug-escaped (a client may send anything in it).
+fn audit(
+    req: &LoginRequest,
+    client: &ClientFacts,
+    outcome: &Outcome,
+    result: &str,
+    backend: &str,
+    started: Instant,
+) {
+    info!(
+        user = ?req.username,
+        client_ip = %client.ip,
+        mechanism = req.mechanism,
+        passdb = outcome.passdb,
+        result,
+        reason = %outcome.reason,
+        cached = outcome.cached,
+        delay_ms = outcome.delayed.as_millis() as u64,
+        backend,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "auth"
+    );
+}
+
+/// What the gateway has to log in to a backend with.
+#[derive(Debug, Clone, Copy)]
+enum Creds<'a> {
+    /// The password the client gave (used unless the backend is set to
+    /// log in as master).
+    Client(&'a Secret<Vec<u8>>),
+    /// No password: a PREAUTH session; only master logins are possible.
+    Preauth,
+}
+
+/// Open and log in to the user's backend, trying the candidates in
+/// routing order: a connect or greeting failure moves on to the next,
+/// invisibly to the client; the backend's own NO is final.
+async fn open_backend(
+    info: &UserInfo,
+    creds: Creds<'_>,
+    conn: &Connection,
+    runtime: &Runtime,
+) -> Result<BackendConn, LoginFailure> {
+    let m = metrics::get();
+    let max = runtime.config.limits.max_sessions_per_user;
+    let Some(user_permit) = crate::limits::UserSessions::get().admit(&info.user, max) else {
+        info!(user = ?info.user, max, result = "limit", "session refused: too many sessions for this user");
+        return Err(LoginFailure::Limit(format!(
+            "Too many sessions for this user (at most {max})"
+        )));
+    };
     let meta = ClientMeta {
         peer: conn.peer,
         local: conn.local,
@@ -406,52 +669,57 @@ async fn log_in(
         connect: limits.backend_connect_timeout(),
         login: limits.backend_login_timeout(),
     };
-    for candidate in runtime.router.candidates(&info) {
-        match backend::open(&candidate, &info.user, &req.password, &meta, timeouts).await {
-            Ok(conn) => {
+    let unavailable = || LoginFailure::Unavailable("Backend unavailable; try again later".into());
+    for candidate in runtime.router.candidates(info) {
+        let auth = match (creds, candidate.login, &candidate.master) {
+            (_, BackendLogin::Master, Some(master)) | (Creds::Preauth, _, Some(master)) => {
+                BackendAuth::Master {
+                    user: info.backend_user.as_deref().unwrap_or(&info.user),
+                    master,
+                }
+            }
+            // A passdb may name other backend credentials (nginx's
+            // Auth-User/Auth-Pass, passwd-file destuser=/pass=).
+            (Creds::Client(password), _, _) => BackendAuth::Client {
+                user: info.backend_user.as_deref().unwrap_or(&info.user),
+                password: info.backend_password.as_ref().unwrap_or(password),
+            },
+            (Creds::Preauth, _, None) => {
+                warn!(backend = %candidate.name, "no master user configured; cannot pre-authenticate here");
+                continue;
+            }
+        };
+        let tls = runtime.tls.backend(&candidate.name, &candidate.host);
+        match backend::open(&candidate, tls.as_ref(), auth, &meta, timeouts).await {
+            Ok(mut backend) => {
+                backend.user_permit = Some(user_permit);
+                runtime.router.health().report(&candidate.name, true, "");
                 tracing::Span::current().record("backend", candidate.name.as_str());
-                info!(
-                    user = ?info.user,
-                    mechanism = req.mechanism,
-                    passdb = verdict.passdb,
-                    backend = %candidate.name,
-                    result = "ok",
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "auth"
-                );
-                let user: User = Arc::from(info.user.as_str());
-                let caps = conn.capabilities.clone();
-                return (Ok((user, caps)), Some(conn));
+                return Ok(backend);
             }
             Err(e) if e.try_next() => {
                 m.backend_connect_failures
                     .with_label_values(&[&candidate.name, e.kind()])
                     .inc();
+                runtime
+                    .router
+                    .health()
+                    .report(&candidate.name, false, e.kind());
                 warn!(backend = %candidate.name, error = %e, "backend unusable; trying the next");
             }
             Err(backend::BackendError::Rejected { code, text }) => {
                 info!(user = ?info.user, backend = %candidate.name, result = "backend_rejected", "auth");
-                return (Err(LoginFailure::Backend { code, text }), None);
+                return Err(LoginFailure::Backend { code, text });
             }
             Err(e) => {
                 m.backend_connect_failures
                     .with_label_values(&[&candidate.name, e.kind()])
                     .inc();
                 warn!(backend = %candidate.name, error = %e, "backend login failed");
-                return (
-                    Err(LoginFailure::Unavailable(
-                        "Backend unavailable; try again later".into(),
-                    )),
-                    None,
-                );
+                return Err(unavailable());
             }
         }
     }
     warn!(user = ?info.user, "no backend available");
-    (
-        Err(LoginFailure::Unavailable(
-            "Backend unavailable; try again later".into(),
-        )),
-        None,
-    )
+    Err(unavailable())
 }

@@ -22,12 +22,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::futures::Notified;
 use tokio::time::{Instant, Sleep};
 
 use crate::imap::encode;
 use crate::imap::response::{classify, Response, Status, Untagged};
 use crate::imap::{capability, Frame, FrameError, Framer, Limits};
 use crate::metrics::{self, StateGauge};
+use crate::registry::SessionHandle;
 use crate::session::{Arrow, Session, State, Verdict};
 
 /// Read size, and the per-thread scratch buffer's size.
@@ -56,6 +58,8 @@ pub enum End {
     ProtocolError(&'static str),
     /// An I/O error on either leg.
     IoError,
+    /// The admin API ended the session.
+    Kicked,
 }
 
 impl End {
@@ -67,6 +71,7 @@ impl End {
             End::Timeout => "timeout",
             End::ProtocolError(kind) => kind,
             End::IoError => "io_error",
+            End::Kicked => "kicked",
         }
     }
 }
@@ -89,6 +94,10 @@ struct Leg {
     /// Bytes waiting for the destination; `out[sent..]` is unsent.
     out: Vec<u8>,
     sent: usize,
+    /// Written but not yet flushed: a TLS stream holds records in its own
+    /// buffer until `poll_flush` completes, so a flush that returned
+    /// Pending must be retried even when `out` is empty.
+    unflushed: bool,
     /// Octets read from this direction's source.
     bytes: u64,
 }
@@ -100,6 +109,7 @@ impl Leg {
             partial: Vec::new(),
             out: Vec::new(),
             sent: 0,
+            unflushed: false,
             bytes: 0,
         }
     }
@@ -149,6 +159,13 @@ pub struct Pump<'s, C, B> {
     timer: Pin<Box<Sleep>>,
     on_arrow: &'s mut (dyn FnMut(Arrow, &State) + Send),
     gauge: &'s mut StateGauge,
+    /// The admin API's view of this session (state, bytes, kick).
+    handle: &'s SessionHandle,
+    /// The kick was seen (its future completed; never poll it again).
+    kicked: bool,
+    /// End once the deferred BYE reaches the client (it waits for the
+    /// backend stream's unit boundary).
+    end_after_unit: Option<End>,
 }
 
 impl<'s, C, B> Pump<'s, C, B>
@@ -168,6 +185,7 @@ where
         timeouts: Timeouts,
         on_arrow: &'s mut (dyn FnMut(Arrow, &State) + Send),
         gauge: &'s mut StateGauge,
+        handle: &'s SessionHandle,
     ) -> Self {
         let now = Instant::now();
         Pump {
@@ -187,6 +205,9 @@ where
             timer: Box::pin(tokio::time::sleep_until(now + timeouts.idle)),
             on_arrow,
             gauge,
+            handle,
+            kicked: false,
+            end_after_unit: None,
         }
     }
 
@@ -198,7 +219,11 @@ where
         if !client_leftover.is_empty() {
             self.on_client_bytes(client_leftover);
         }
-        let end = poll_fn(|cx| self.poll_relay(cx)).await;
+        // Created once and polled in place: waiting for a kick costs no
+        // allocation per poll.
+        let handle = self.handle;
+        let mut kick = std::pin::pin!(handle.kicked());
+        let end = poll_fn(|cx| self.poll_relay(cx, kick.as_mut())).await;
         let totals = Totals {
             client_bytes: self.c2b.bytes,
             backend_bytes: self.b2c.bytes,
@@ -207,7 +232,7 @@ where
         (end, totals)
     }
 
-    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+    fn poll_relay(&mut self, cx: &mut Context<'_>, mut kick: Pin<&mut Notified<'_>>) -> Poll<End> {
         for _ in 0..BUDGET {
             let mut progress = false;
 
@@ -224,7 +249,7 @@ where
             if let Some(end) = self.ending {
                 // Deliver what the client is owed (a BYE, the rest of a
                 // response), then stop.
-                if self.b2c.backlog() == 0 || self.client_closed {
+                if (self.b2c.backlog() == 0 && !self.b2c.unflushed) || self.client_closed {
                     return Poll::Ready(end);
                 }
                 if !progress {
@@ -270,14 +295,51 @@ where
                 if let Poll::Ready(()) = self.poll_timer(cx) {
                     continue;
                 }
+                if let Poll::Ready(()) = self.poll_kick(cx, kick.as_mut()) {
+                    continue;
+                }
                 self.c2b.release_if_idle();
                 self.b2c.release_if_idle();
                 return Poll::Pending;
             }
         }
-        // Used the budget: let other sessions run, then come back.
+        // Used the budget: let other sessions run, then come back.  A
+        // session that never pauses (a long FETCH) still notices a kick.
+        let _ = self.poll_kick(cx, kick);
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// The admin API asked this session to end: `* BYE [UNAVAILABLE]` at
+    /// the backend stream's next unit boundary, then close.
+    fn poll_kick(&mut self, cx: &mut Context<'_>, kick: Pin<&mut Notified<'_>>) -> Poll<()> {
+        if self.kicked || self.ending.is_some() || kick.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.kicked = true;
+        let bye = encode::untagged("BYE", Some("UNAVAILABLE"), self.handle.kick_reason());
+        self.end_with(bye, End::Kicked);
+        Poll::Ready(())
+    }
+
+    /// Say `bye` at the next unit boundary of the backend stream and end
+    /// there.  Until then the relay goes on, so the response in flight
+    /// reaches the client whole and the BYE is not lost inside it.
+    fn end_with(&mut self, bye: Vec<u8>, end: End) {
+        if self.b2c.framer.at_unit_start() {
+            self.b2c.out.extend_from_slice(&bye);
+            self.end(end);
+        } else {
+            self.deferred.extend_from_slice(&bye);
+            self.end_after_unit.get_or_insert(end);
+        }
+    }
+
+    /// Mirror the session's state to the state gauge and the admin API.
+    fn sync_state(&mut self) {
+        let label = self.session.state().label();
+        self.gauge.set(label);
+        self.handle.set_state(label);
     }
 
     /// Inactivity: fires `timeouts.idle` after the client last sent
@@ -296,12 +358,10 @@ where
             self.timer.as_mut().reset(deadline);
             return Poll::Ready(());
         }
-        self.inject(encode::untagged(
-            "BYE",
-            None,
-            "Autologout; idle for too long",
-        ));
-        self.end(End::Timeout);
+        self.end_with(
+            encode::untagged("BYE", None, "Autologout; idle for too long"),
+            End::Timeout,
+        );
         Poll::Ready(())
     }
 
@@ -311,7 +371,7 @@ where
             if let Some(arrow) = self.session.closed() {
                 (self.on_arrow)(arrow, self.session.state());
             }
-            self.gauge.set(self.session.state().label());
+            self.sync_state();
         }
     }
 
@@ -327,6 +387,7 @@ where
 
     fn on_client_bytes(&mut self, data: &[u8]) {
         self.c2b.bytes += data.len() as u64;
+        self.handle.add_in(data.len());
         metrics::get().relayed_client.inc_by(data.len() as u64);
         self.last_client = Instant::now();
         if self.c2b.partial.is_empty() {
@@ -339,7 +400,7 @@ where
             buf.drain(..used);
             self.c2b.partial = buf;
         }
-        self.gauge.set(self.session.state().label());
+        self.sync_state();
     }
 
     /// Frame and judge client bytes; returns how many were consumed.
@@ -438,6 +499,7 @@ where
 
     fn on_backend_bytes(&mut self, data: &[u8]) {
         self.b2c.bytes += data.len() as u64;
+        self.handle.add_out(data.len());
         metrics::get().relayed_backend.inc_by(data.len() as u64);
         if self.b2c.partial.is_empty() {
             let used = self.backend_frames(data);
@@ -449,7 +511,7 @@ where
             buf.drain(..used);
             self.b2c.partial = buf;
         }
-        self.gauge.set(self.session.state().label());
+        self.sync_state();
     }
 
     fn backend_frames(&mut self, input: &[u8]) -> usize {
@@ -479,6 +541,9 @@ where
             if frame.ends_unit() && !self.deferred.is_empty() {
                 let deferred = std::mem::take(&mut self.deferred);
                 self.b2c.out.extend_from_slice(&deferred);
+                if let Some(end) = self.end_after_unit.take() {
+                    self.end(end);
+                }
             }
         }
         pos
@@ -602,10 +667,19 @@ fn flush<W: AsyncWrite + Unpin>(
     if leg.sent > 0 {
         leg.out.clear();
         leg.sent = 0;
+        leg.unflushed = true;
+    }
+    if leg.unflushed {
+        // Pending registers the waker (TLS: socket writability), so the
+        // loop comes back here until the records are out.
         match Pin::new(&mut *dst).poll_flush(cx) {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) | Poll::Pending => {}
+            Poll::Ready(Ok(())) => leg.unflushed = false,
+            Poll::Pending => {}
         }
     }
     Poll::Ready(Ok(moved))
 }
+
+#[cfg(test)]
+mod tests;

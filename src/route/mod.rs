@@ -7,11 +7,18 @@
 //! score wins; the rest are the failover order.  Every gateway with the same
 //! backend list computes the same order without talking to the others, and
 //! removing a backend moves only the users it had.
+//!
+//! [`health`] reorders that list: backends marked down go last (tried only
+//! when every healthy one failed), drained backends are left out.
+
+pub mod health;
 
 use std::sync::Arc;
 
 use crate::auth::UserInfo;
-use crate::config::{split_host_port, Config};
+use crate::config::{split_host_port, BackendLogin, Config, MasterMethod};
+use crate::imap::Secret;
+use health::Health;
 
 /// A configured backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,16 +28,38 @@ pub struct Backend {
     pub port: u16,
     pub weight: u32,
     pub forward_client_id: bool,
+    /// Log in with the client's credentials or as the master user.
+    pub login: BackendLogin,
+    /// Master credentials, for `login = "master"` and PREAUTH sessions.
+    pub master: Option<MasterCredentials>,
 }
 
-/// The backends, in config order.
+/// A backend's master user (Dovecot `master=yes` passdb).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterCredentials {
+    pub user: String,
+    pub password: Secret<Vec<u8>>,
+    pub method: MasterMethod,
+    pub separator: String,
+}
+
+/// The backends, in config order, and their health.
 #[derive(Debug, Clone)]
 pub struct Router {
     backends: Vec<Arc<Backend>>,
+    health: Arc<Health>,
 }
 
 impl Router {
+    /// A router with a fresh health table.
     pub fn from_config(config: &Config) -> Router {
+        Router::with_health(config, Arc::new(Health::default()))
+    }
+
+    /// A router that keeps `health` (a reload hands the running table on,
+    /// so health and draining survive it); the table is synced to the
+    /// configured backends.
+    pub fn with_health(config: &Config, health: Arc<Health>) -> Router {
         let backends = config
             .backends
             .iter()
@@ -43,14 +72,37 @@ impl Router {
                     port,
                     weight: b.weight,
                     forward_client_id: b.forward_client_id,
+                    login: b.login,
+                    master: b
+                        .master_user
+                        .as_ref()
+                        .zip(b.master_password.as_ref())
+                        .map(|(u, p)| MasterCredentials {
+                            user: u.clone(),
+                            password: Secret::new(p.as_bytes().to_vec()),
+                            method: b.master_method,
+                            separator: b.master_separator.clone(),
+                        }),
                 })
             })
             .collect();
-        Router { backends }
+        health.sync(config.backends.iter().map(|b| b.name.as_str()));
+        Router { backends, health }
     }
 
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Whether any backend may take new users (up and not drained).
+    pub fn any_usable(&self) -> bool {
+        self.backends
+            .iter()
+            .any(|b| self.health.status(&b.name).is_none_or(|s| s.usable()))
     }
 
     /// Backends to try for this user, best first.
@@ -74,6 +126,8 @@ impl Router {
                     port,
                     weight: 1,
                     forward_client_id: self.backends.first().is_none_or(|b| b.forward_client_id),
+                    login: BackendLogin::Client,
+                    master: None,
                 })
             })];
         }
@@ -83,7 +137,19 @@ impl Router {
             .map(|b| (score(&info.user, b), b))
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        scored.into_iter().map(|(_, b)| b.clone()).collect()
+        // Healthy first, then down ones as a last resort (the table may be
+        // a check behind); drained ones not at all.  The sort is stable,
+        // so each group keeps the rendezvous order.
+        let mut ranked: Vec<(u8, Arc<Backend>)> = scored
+            .into_iter()
+            .filter_map(|(_, b)| match self.health.status(&b.name) {
+                Some(s) if s.draining => None,
+                Some(s) if !s.up => Some((1, b.clone())),
+                _ => Some((0, b.clone())),
+            })
+            .collect();
+        ranked.sort_by_key(|(rank, _)| *rank);
+        ranked.into_iter().map(|(_, b)| b).collect()
     }
 }
 
@@ -115,7 +181,10 @@ mod tests {
     use super::*;
 
     fn router(names: &[(&str, u32)]) -> Router {
+        let health = Arc::new(Health::default());
+        health.sync(names.iter().map(|(n, _)| *n));
         Router {
+            health,
             backends: names
                 .iter()
                 .map(|(n, w)| {
@@ -125,6 +194,8 @@ mod tests {
                         port: 143,
                         weight: *w,
                         forward_client_id: true,
+                        login: BackendLogin::Client,
+                        master: None,
                     })
                 })
                 .collect(),
@@ -175,11 +246,36 @@ mod tests {
             user: "x".into(),
             host: Some("10.1.1.1".into()),
             port: Some(1143),
+            ..UserInfo::default()
         });
         assert_eq!(
             (c.len(), c[0].host.as_str(), c[0].port),
             (1, "10.1.1.1", 1143)
         );
+    }
+
+    #[test]
+    fn down_backends_go_last_and_drained_ones_are_skipped() {
+        let r = router(&[("route-a", 1), ("route-b", 1), ("route-c", 1)]);
+        let info = UserInfo {
+            user: "somebody".into(),
+            ..UserInfo::default()
+        };
+        let order = |r: &Router| -> Vec<String> {
+            r.candidates(&info).iter().map(|b| b.name.clone()).collect()
+        };
+        let all = order(&r);
+        assert_eq!(all.len(), 3);
+        r.health().report(&all[0], false, "refused");
+        let mut expected = vec![all[1].clone(), all[2].clone(), all[0].clone()];
+        assert_eq!(order(&r), expected);
+        r.health().set_draining(&all[1], true);
+        expected.remove(0);
+        assert_eq!(order(&r), expected);
+        assert!(r.any_usable());
+        r.health().set_draining(&all[2], true);
+        assert!(!r.any_usable(), "only a down backend is left");
+        assert_eq!(order(&r), vec![all[0].clone()]);
     }
 
     #[test]

@@ -264,6 +264,9 @@ pub struct Session {
     awaiting_literal: Option<Tag>,
     /// Tag of the command whose unit the client is still sending.
     current: Option<Tag>,
+    /// The client sent DONE for an IDLE the backend has not accepted yet
+    /// (it did not wait for the `+`); that IDLE is over as soon as it starts.
+    idle_done_early: bool,
     client_id: IdParams,
     /// Metric label of the last client command seen.
     last_command: &'static str,
@@ -278,6 +281,7 @@ impl Session {
             pending: Vec::new(),
             awaiting_literal: None,
             current: None,
+            idle_done_early: false,
             client_id: None,
             last_command: "other",
         }
@@ -306,6 +310,16 @@ impl Session {
     pub fn greeting(&self, text: &str) -> Vec<u8> {
         let caps = self.capabilities();
         encode::untagged("OK", Some(&encode::capability_code(&caps)), text)
+    }
+
+    /// Arrow (2): the PREAUTH greeting.  The gateway has logged in to the
+    /// backend for `user`; the session starts authenticated and the client
+    /// gets the backend's capabilities, filtered, in the greeting.
+    pub fn preauth_greeting(&mut self, user: User, backend_caps: &[String]) -> Vec<u8> {
+        let text = format!("Logged in as {}", user.escape_debug());
+        self.state = State::Authenticated(user);
+        let caps = capability::post_login(backend_caps);
+        encode::untagged("PREAUTH", Some(&encode::capability_code(&caps)), &text)
     }
 
     /// Arrow (3): the BYE greeting for a refused connection.
@@ -648,6 +662,16 @@ impl Session {
             *done = true;
             return Verdict::Forward;
         }
+        if !self.idle_done_early
+            && self.pending.iter().any(|(_, p)| *p == Pending::Idle)
+            && line.trim_ascii_end().eq_ignore_ascii_case(b"DONE")
+        {
+            // DONE pipelined behind IDLE, before the backend's `+`: the
+            // backend reads it as the end of that IDLE (RFC 2177 §3), so it
+            // is forwarded, not refused as a malformed command.
+            self.idle_done_early = true;
+            return Verdict::Forward;
+        }
         let (tag, name) = match parse_command_head(line) {
             Ok(h) => h,
             Err(e) => {
@@ -736,7 +760,7 @@ impl Session {
             tag,
             user,
             mailbox,
-            done: false,
+            done: std::mem::take(&mut self.idle_done_early),
         };
     }
 
@@ -774,6 +798,7 @@ impl Session {
                 Some(Arrow::Deselect)
             }
             (Pending::Idle, _) => {
+                self.idle_done_early = false;
                 if let State::Idle { mailbox, .. } = &self.state {
                     self.state = match mailbox.clone() {
                         Some(m) => State::Selected(user, m),

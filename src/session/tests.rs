@@ -343,3 +343,187 @@ fn arrow7_logout_and_backend_bye() {
     let mut s = logged_in("alice");
     assert_eq!(s.backend_bye(), Some(Arrow::Logout));
 }
+
+#[test]
+fn arrow2_preauth_greeting_starts_authenticated() {
+    let mut s = Session::new(policy());
+    let greeting = s.preauth_greeting(
+        "alice".into(),
+        &["IMAP4rev1".into(), "IDLE".into(), "COMPRESS=DEFLATE".into()],
+    );
+    // S: * PREAUTH [CAPABILITY IMAP4rev1 IDLE] Logged in as alice
+    assert_eq!(
+        String::from_utf8(greeting).unwrap(),
+        "* PREAUTH [CAPABILITY IMAP4rev1 IDLE] Logged in as alice\r\n"
+    );
+    assert_eq!(s.state(), &State::Authenticated("alice".into()));
+    // C: a LOGIN alice wonderland  -> S: a BAD ... (already authenticated)
+    match s.client_command(b"a LOGIN alice wonderland\r\n", false) {
+        Verdict::Refuse { reply, reason } => {
+            assert_eq!(
+                String::from_utf8(reply).unwrap(),
+                "a BAD LOGIN only valid before login; session is in authenticated state\r\n"
+            );
+            assert_eq!(reason, "wrong_state");
+        }
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(
+        s.client_command(b"b SELECT INBOX\r\n", false),
+        Verdict::Forward
+    );
+}
+
+#[test]
+fn arrow5_examine_and_failed_select_while_authenticated() {
+    let mut s = logged_in("alice");
+    // C: e1 EXAMINE INBOX / S: e1 OK [READ-ONLY]
+    s.client_command(b"e1 EXAMINE INBOX\r\n", false);
+    assert_eq!(s.backend_tagged("e1", Status::Ok).0, Some(Arrow::Select));
+    assert_eq!(s.state().label(), "selected");
+    // A failed SELECT from authenticated state takes no arrow.
+    let mut s = logged_in("alice");
+    s.client_command(b"s1 SELECT nosuch\r\n", false);
+    assert_eq!(s.backend_tagged("s1", Status::No).0, None);
+    assert_eq!(s.state(), &State::Authenticated("alice".into()));
+}
+
+#[test]
+fn arrow6_close_refused_by_backend_stays_selected() {
+    let mut s = logged_in("alice");
+    s.client_command(b"s1 SELECT INBOX\r\n", false);
+    s.backend_tagged("s1", Status::Ok);
+    // C: c1 CLOSE / S: c1 NO ... : still selected.
+    s.client_command(b"c1 CLOSE\r\n", false);
+    assert_eq!(s.backend_tagged("c1", Status::No).0, None);
+    assert_eq!(s.state().label(), "selected");
+}
+
+#[test]
+fn arrow7_connection_closed_in_each_state() {
+    // Closed before login.
+    let mut s = Session::new(policy());
+    assert_eq!(s.closed(), Some(Arrow::Logout));
+    assert_eq!(s.state(), &State::Logout);
+    // Closed while selected; the arrow is taken once.
+    let mut s = logged_in("alice");
+    s.client_command(b"s1 SELECT INBOX\r\n", false);
+    s.backend_tagged("s1", Status::Ok);
+    assert_eq!(s.closed(), Some(Arrow::Logout));
+    assert_eq!(s.closed(), None);
+    // After LOGOUT completed, closing takes no second arrow.
+    let mut s = logged_in("alice");
+    s.client_command(b"l LOGOUT\r\n", false);
+    assert_eq!(s.backend_tagged("l", Status::Ok).0, Some(Arrow::Logout));
+    assert_eq!(s.closed(), None);
+}
+
+#[test]
+fn refusal_compress_unauthenticate_and_unknown_before_login() {
+    let mut s = Session::new(Policy {
+        max_bad_commands: 10,
+        ..policy()
+    });
+    // C: a COMPRESS DEFLATE / S: a BAD COMPRESS is not supported through this gateway
+    let (out, actions) = c(&mut s, "a COMPRESS DEFLATE\r\n");
+    assert_eq!(
+        out,
+        "a BAD COMPRESS is not supported through this gateway\r\n"
+    );
+    assert!(actions.contains(&Action::Refused("wrong_state")));
+    assert_eq!(
+        c(&mut s, "b UNAUTHENTICATE\r\n").0,
+        "b BAD UNAUTHENTICATE is not supported through this gateway\r\n"
+    );
+    // Unknown commands are refused before login (forwarded only after it).
+    assert_eq!(
+        c(&mut s, "c XYZZY frob\r\n").0,
+        "c BAD XYZZY is unknown or requires login; session is in not authenticated state\r\n"
+    );
+    assert_eq!(s.state(), &State::NotAuthenticated);
+}
+
+#[test]
+fn refusal_enable_while_selected_but_not_behind_a_close() {
+    let mut s = logged_in("alice");
+    // Authenticated: ENABLE is forwarded.
+    assert_eq!(
+        s.client_command(b"n1 ENABLE CONDSTORE\r\n", false),
+        Verdict::Forward
+    );
+    s.backend_tagged("n1", Status::Ok);
+    s.client_command(b"s1 SELECT INBOX\r\n", false);
+    s.backend_tagged("s1", Status::Ok);
+    // Selected: refused (RFC 5161 §3.1).
+    match s.client_command(b"n2 ENABLE CONDSTORE\r\n", false) {
+        Verdict::Refuse { reply, reason } => {
+            assert_eq!(
+                String::from_utf8(reply).unwrap(),
+                "n2 BAD ENABLE only valid in authenticated state (not with a mailbox selected); \
+                 session is in selected state\r\n"
+            );
+            assert_eq!(reason, "wrong_state");
+        }
+        v => panic!("{v:?}"),
+    }
+    // Pipelined behind a CLOSE, the backend will run it in authenticated state.
+    s.client_command(b"c1 CLOSE\r\n", false);
+    assert_eq!(
+        s.client_command(b"n3 ENABLE CONDSTORE\r\n", false),
+        Verdict::Forward
+    );
+}
+
+#[test]
+fn refusal_starttls_when_not_offered_and_unsupported_mechanism() {
+    let mut s = Session::new(Policy {
+        starttls_available: false,
+        ..policy()
+    });
+    assert_eq!(
+        c(&mut s, "a STARTTLS\r\n").0,
+        "a BAD STARTTLS is not available on this connection\r\n"
+    );
+    let (out, _) = c(&mut s, "b AUTHENTICATE CRAM-MD5\r\n");
+    assert!(
+        out.starts_with("b NO Unsupported authentication mechanism"),
+        "{out}"
+    );
+    assert_eq!(s.state(), &State::NotAuthenticated);
+}
+
+#[test]
+fn authenticate_cancel_with_login_mechanism_then_login_works() {
+    let mut s = Session::new(policy());
+    // C: a AUTHENTICATE LOGIN / S: + VXNlcm5hbWU6 / C: YWxpY2U= / S: + UGFzc3dvcmQ6 / C: *
+    c(&mut s, "a AUTHENTICATE LOGIN\r\n");
+    c(&mut s, "YWxpY2U=\r\n");
+    let (out, actions) = c(&mut s, "*\r\n");
+    assert_eq!(out, "a BAD AUTHENTICATE cancelled\r\n");
+    assert!(actions.contains(&Action::Refused("auth_cancelled")));
+    assert!(!s.in_sasl());
+    // The session is usable again.
+    let (_, actions) = c(&mut s, "b LOGIN alice wonderland\r\n");
+    assert!(matches!(actions[0], Action::Login(_)));
+}
+
+#[test]
+fn idle_done_pipelined_before_the_continuation() {
+    let mut s = logged_in("alice");
+    s.client_command(b"s1 SELECT INBOX\r\n", false);
+    s.backend_tagged("s1", Status::Ok);
+    // C: i1 IDLE / C: DONE / C: n1 NOOP  (one write, before the backend's `+`)
+    assert_eq!(s.client_command(b"i1 IDLE\r\n", false), Verdict::Forward);
+    assert_eq!(s.client_command(b"DONE\r\n", false), Verdict::Forward);
+    assert_eq!(s.client_command(b"n1 NOOP\r\n", false), Verdict::Forward);
+    // S: + idling  (the DONE is already on its way)
+    s.backend_continuation();
+    assert!(matches!(s.state(), State::Idle { done: true, .. }));
+    // S: i1 OK Idle completed
+    s.backend_tagged("i1", Status::Ok);
+    assert_eq!(s.state().label(), "selected");
+    // A later IDLE waits for its own DONE again.
+    s.client_command(b"i2 IDLE\r\n", false);
+    s.backend_continuation();
+    assert!(matches!(s.state(), State::Idle { done: false, .. }));
+}

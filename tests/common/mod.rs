@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod session;
+pub mod tls;
 
 /// Demo users, the same as `config/users`.
 pub const USERS: &[(&str, &str)] = &[("alice", "wonderland"), ("bob", "builder")];

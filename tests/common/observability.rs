@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::common::{free_port, gateway_config};
+use super::common::gateway_config;
 
 /// The token the tests configure.
 pub const TOKEN: &str = "test-token-0123456789abcdef";
@@ -74,7 +74,8 @@ pub fn http(
         .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("set timeout");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -181,7 +182,12 @@ pub fn sessions(admin_port: u16) -> Vec<Value> {
         .clone()
 }
 
-/// A free port for a second listener (admin, Prometheus).
-pub fn port() -> u16 {
-    free_port()
+/// `N` distinct free loopback ports (bound together, then released, so the
+/// kernel cannot hand out the same one twice as back-to-back
+/// `free_port()` calls can).
+pub fn ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
 }
