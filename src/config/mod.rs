@@ -1289,18 +1289,29 @@ ip_refuse_after = 5
         assert_eq!(c.auth.brute_force.ip_refuse_after, 5);
         for (bad, key) in [
             ("url = \"ftp://x/\"", "passdb.url"),
-            ("url = \"http://x/\"\nca_file = \"ca.pem\"", "passdb.ca_file"),
-            ("url = \"http://x/\"\nheaders = { \"a b\" = \"1\" }", "passdb.headers"),
+            (
+                "url = \"http://x/\"\nca_file = \"ca.pem\"",
+                "passdb.ca_file",
+            ),
+            (
+                "url = \"http://x/\"\nheaders = { \"a b\" = \"1\" }",
+                "passdb.headers",
+            ),
             ("url = \"http://x/\"\ntimeout = 1", "timeout"),
         ] {
             let text = format!("{MINIMAL}\n[[passdb]]\ntype = \"http\"\n{bad}\n");
-            let e = Config::parse(&text, PathBuf::new()).unwrap_err().to_string();
+            let e = Config::parse(&text, PathBuf::new())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(key), "expected {key} in: {e}");
         }
         for (bad, key) in [
             ("[auth]\nhash_concurrency = 0", "auth.hash_concurrency"),
             ("[auth.brute_force]\nipv6_prefix = 129", "auth.brute_force"),
-            ("[auth.brute_force]\ndelay_initial_ms = 9000\ndelay_max_ms = 10", "delay_initial_ms"),
+            (
+                "[auth.brute_force]\ndelay_initial_ms = 9000\ndelay_max_ms = 10",
+                "delay_initial_ms",
+            ),
             ("[auth.cache]\nttl = 1", "ttl"),
         ] {
             let e = Config::parse(&format!("{MINIMAL}\n{bad}\n"), PathBuf::new())

@@ -166,6 +166,10 @@ pub struct Pump<'s, C, B> {
     /// End once the deferred BYE reaches the client (it waits for the
     /// backend stream's unit boundary).
     end_after_unit: Option<End>,
+    /// Commands forwarded whose tagged answer has not come back yet.
+    in_flight: u32,
+    /// Kicked gracefully while commands were in flight: BYE once quiet.
+    drain_pending: bool,
 }
 
 impl<'s, C, B> Pump<'s, C, B>
@@ -208,6 +212,8 @@ where
             handle,
             kicked: false,
             end_after_unit: None,
+            in_flight: 0,
+            drain_pending: false,
         }
     }
 
@@ -317,9 +323,21 @@ where
             return Poll::Pending;
         }
         self.kicked = true;
+        if !self.handle.is_urgent() && !self.quiet() {
+            // Graceful: the command in flight (a large FETCH, say) finishes
+            // first; the BYE follows its tagged answer.
+            self.drain_pending = true;
+            return Poll::Ready(());
+        }
         let bye = encode::untagged("BYE", Some("UNAVAILABLE"), self.handle.kick_reason());
         self.end_with(bye, End::Kicked);
         Poll::Ready(())
+    }
+
+    /// No command is waiting for its answer (IDLE counts as quiet: the
+    /// client is only listening).
+    fn quiet(&self) -> bool {
+        self.in_flight == 0 || matches!(self.session.state(), State::Idle { .. })
     }
 
     /// Say `bye` at the next unit boundary of the backend stream and end
@@ -448,6 +466,9 @@ where
                     match verdict {
                         Verdict::Forward => {
                             self.forwarding = true;
+                            if !matches!(self.session.state(), State::Idle { .. }) {
+                                self.in_flight += 1;
+                            }
                             self.c2b.out.extend_from_slice(bytes);
                         }
                         Verdict::Refuse { reply, reason } => {
@@ -545,6 +566,11 @@ where
                     self.end(end);
                 }
             }
+            if frame.ends_unit() && self.drain_pending && self.quiet() {
+                self.drain_pending = false;
+                let bye = encode::untagged("BYE", Some("UNAVAILABLE"), self.handle.kick_reason());
+                self.end_with(bye, End::Kicked);
+            }
         }
         pos
     }
@@ -562,6 +588,7 @@ where
         };
         match response {
             Response::Tagged { tag, status, .. } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
                 let (arrow, literal_refused) = self.session.backend_tagged(tag, status);
                 if literal_refused && self.c2b.framer.in_literal() {
                     self.c2b.framer.cancel_literal();
