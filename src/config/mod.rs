@@ -195,6 +195,11 @@ pub struct BackendConfig {
     /// LOGIN (Dovecot trusts it from `login_trusted_networks`).
     #[serde(default = "default_true")]
     pub forward_client_id: bool,
+    /// Start each backend connection with a PROXY protocol v2 header
+    /// carrying the client's address (Dovecot: `haproxy = yes` on the
+    /// imap listener and the gateway in `haproxy_trusted_networks`).
+    #[serde(default)]
+    pub send_proxy_protocol: bool,
     /// TLS to the backend: `none`, `starttls` or `implicit`.
     #[serde(default)]
     pub tls: TlsMode,

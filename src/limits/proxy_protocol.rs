@@ -206,6 +206,14 @@ pub fn encode_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     out
 }
 
+/// A v2 `LOCAL` header (§2.2): the connection is the proxy's own, e.g. a
+/// health check; the receiver uses the socket's addresses.
+pub fn encode_v2_local() -> Vec<u8> {
+    let mut out = V2_SIGNATURE.to_vec();
+    out.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,8 +291,7 @@ mod tests {
             assert_eq!(h.len, bytes.len());
             assert_eq!(h.addresses, Some((addr(s), addr(d))));
         }
-        let mut local = V2_SIGNATURE.to_vec();
-        local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+        let local = encode_v2_local();
         assert_eq!(
             parse(&local),
             Ok(Some(Header {

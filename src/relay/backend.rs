@@ -19,6 +19,7 @@ use crate::config::TlsMode;
 use crate::imap::encode::{self, LiteralMode};
 use crate::imap::response::{classify, Code, Response, Status, Untagged};
 use crate::imap::{Frame, Framer, Limits, Secret};
+use crate::limits::proxy_protocol;
 use crate::route::{Backend, MasterCredentials};
 use crate::tls::{self, BackendStream, BackendTls, HandshakeError, Stream};
 
@@ -184,7 +185,7 @@ pub async fn open(
 ) -> Result<BackendConn, BackendError> {
     let started = std::time::Instant::now();
     let (stream, greeting_caps, reader) =
-        tokio::time::timeout(timeouts.connect, greet(backend, tls))
+        tokio::time::timeout(timeouts.connect, greet(backend, tls, Some(meta)))
             .await
             .map_err(|_| BackendError::Timeout("connecting or waiting for the greeting"))??;
     crate::metrics::get()
@@ -207,7 +208,7 @@ pub async fn probe(
     tls: Option<BackendTls>,
     timeout: Duration,
 ) -> Result<(), String> {
-    match tokio::time::timeout(timeout, greet(&backend, tls.as_ref())).await {
+    match tokio::time::timeout(timeout, greet(&backend, tls.as_ref(), None)).await {
         Err(_) => Err("timed out connecting or waiting for the greeting".into()),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok((mut stream, _, _))) => {
@@ -218,14 +219,25 @@ pub async fn probe(
     }
 }
 
+/// Connect, send the PROXY v2 header if the backend wants one (the
+/// client's addresses, or LOCAL for the gateway's own probes), set up TLS
+/// as configured, and read the greeting.
 async fn greet(
     backend: &Backend,
     tls: Option<&BackendTls>,
+    client: Option<&ClientMeta>,
 ) -> Result<(BackendStream, Option<Vec<String>>, LineReader), BackendError> {
-    let tcp = TcpStream::connect((backend.host.as_str(), backend.port))
+    let mut tcp = TcpStream::connect((backend.host.as_str(), backend.port))
         .await
         .map_err(BackendError::Connect)?;
     tcp.set_nodelay(true)?;
+    if backend.send_proxy_protocol {
+        let header = match client {
+            Some(meta) => proxy_protocol::encode_v2(meta.peer, meta.local),
+            None => proxy_protocol::encode_v2_local(),
+        };
+        tcp.write_all(&header).await?;
+    }
     let mut stream = match tls {
         Some(t) if t.mode == TlsMode::Implicit => {
             tls::connect(t, tcp).await.map_err(BackendError::Tls)?

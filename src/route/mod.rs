@@ -32,6 +32,9 @@ pub struct Backend {
     pub login: BackendLogin,
     /// Master credentials, for `login = "master"` and PREAUTH sessions.
     pub master: Option<MasterCredentials>,
+    /// Start each connection with a PROXY v2 header carrying the client's
+    /// addresses (Dovecot: `haproxy = yes` on the listener).
+    pub send_proxy_protocol: bool,
 }
 
 /// A backend's master user (Dovecot `master=yes` passdb).
@@ -73,6 +76,7 @@ impl Router {
                     weight: b.weight,
                     forward_client_id: b.forward_client_id,
                     login: b.login,
+                    send_proxy_protocol: b.send_proxy_protocol,
                     master: b
                         .master_user
                         .as_ref()
@@ -128,6 +132,7 @@ impl Router {
                     forward_client_id: self.backends.first().is_none_or(|b| b.forward_client_id),
                     login: BackendLogin::Client,
                     master: None,
+                    send_proxy_protocol: false,
                 })
             })];
         }
@@ -196,6 +201,7 @@ mod tests {
                         forward_client_id: true,
                         login: BackendLogin::Client,
                         master: None,
+                        send_proxy_protocol: false,
                     })
                 })
                 .collect(),
