@@ -26,7 +26,7 @@ use tokio::sync::futures::Notified;
 use tokio::time::{Instant, Sleep};
 
 use crate::imap::encode;
-use crate::imap::response::{classify, Response, Status, Untagged};
+use crate::imap::response::{classify, Code, Response, Status, Untagged};
 use crate::imap::{capability, Frame, FrameError, Framer, Limits};
 use crate::metrics::{self, StateGauge};
 use crate::registry::SessionHandle;
@@ -161,8 +161,6 @@ pub struct Pump<'s, C, B> {
     gauge: &'s mut StateGauge,
     /// The admin API's view of this session (state, bytes, kick).
     handle: &'s SessionHandle,
-    /// The kick was seen (its future completed; never poll it again).
-    kicked: bool,
     /// End once the deferred BYE reaches the client (it waits for the
     /// backend stream's unit boundary).
     end_after_unit: Option<End>,
@@ -210,7 +208,6 @@ where
             on_arrow,
             gauge,
             handle,
-            kicked: false,
             end_after_unit: None,
             in_flight: 0,
             drain_pending: false,
@@ -225,8 +222,8 @@ where
         if !client_leftover.is_empty() {
             self.on_client_bytes(client_leftover);
         }
-        // Created once and polled in place: waiting for a kick costs no
-        // allocation per poll.
+        // Polled in place (and re-armed in place after each kick): waiting
+        // for a kick costs no allocation per poll.
         let handle = self.handle;
         let mut kick = std::pin::pin!(handle.kicked());
         let end = poll_fn(|cx| self.poll_relay(cx, kick.as_mut())).await;
@@ -238,7 +235,11 @@ where
         (end, totals)
     }
 
-    fn poll_relay(&mut self, cx: &mut Context<'_>, mut kick: Pin<&mut Notified<'_>>) -> Poll<End> {
+    fn poll_relay(&mut self, cx: &mut Context<'_>, kick: Pin<&mut Notified<'s>>) -> Poll<End> {
+        // Once per wakeup, before relaying anything more: a kick applies to
+        // the stream as it stands when it arrives (and this poll keeps the
+        // task's waker registered with it).
+        let _ = self.poll_kick(cx, kick);
         for _ in 0..BUDGET {
             let mut progress = false;
 
@@ -301,37 +302,47 @@ where
                 if let Poll::Ready(()) = self.poll_timer(cx) {
                     continue;
                 }
-                if let Poll::Ready(()) = self.poll_kick(cx, kick.as_mut()) {
-                    continue;
-                }
                 self.c2b.release_if_idle();
                 self.b2c.release_if_idle();
                 return Poll::Pending;
             }
         }
-        // Used the budget: let other sessions run, then come back.  A
-        // session that never pauses (a long FETCH) still notices a kick.
-        let _ = self.poll_kick(cx, kick);
+        // Used the budget: let other sessions run, then come back.
         cx.waker().wake_by_ref();
         Poll::Pending
     }
 
     /// The admin API asked this session to end: `* BYE [UNAVAILABLE]` at
-    /// the backend stream's next unit boundary, then close.
-    fn poll_kick(&mut self, cx: &mut Context<'_>, kick: Pin<&mut Notified<'_>>) -> Poll<()> {
-        if self.kicked || self.ending.is_some() || kick.poll(cx).is_pending() {
-            return Poll::Pending;
+    /// the backend stream's next unit boundary, then close.  A graceful
+    /// kick may be followed by an urgent one (`close_now`: the shutdown
+    /// grace period ran out), which must still be heard.
+    fn poll_kick(&mut self, cx: &mut Context<'_>, mut kick: Pin<&mut Notified<'s>>) -> Poll<()> {
+        let mut seen = false;
+        // Once the BYE is queued (or waits for the unit boundary), later
+        // kicks change nothing.
+        while self.ending.is_none()
+            && self.end_after_unit.is_none()
+            && kick.as_mut().poll(cx).is_ready()
+        {
+            seen = true;
+            // A completed future is never polled again: listen anew (the
+            // loop's next poll registers this task's waker with it).
+            kick.set(self.handle.kicked());
+            if !self.handle.is_urgent() && !self.quiet() {
+                // Graceful: the command in flight (a large FETCH, say)
+                // finishes first; the BYE follows its tagged answer.
+                self.drain_pending = true;
+                continue;
+            }
+            self.drain_pending = false;
+            let bye = encode::untagged("BYE", Some("UNAVAILABLE"), self.handle.kick_reason());
+            self.end_with(bye, End::Kicked);
         }
-        self.kicked = true;
-        if !self.handle.is_urgent() && !self.quiet() {
-            // Graceful: the command in flight (a large FETCH, say) finishes
-            // first; the BYE follows its tagged answer.
-            self.drain_pending = true;
-            return Poll::Ready(());
+        if seen {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
-        let bye = encode::untagged("BYE", Some("UNAVAILABLE"), self.handle.kick_reason());
-        self.end_with(bye, End::Kicked);
-        Poll::Ready(())
     }
 
     /// No command is waiting for its answer (IDLE counts as quiet: the
@@ -602,6 +613,11 @@ where
                     return false;
                 }
             }
+            Response::Untagged(Untagged::Status(Status::Ok, text)) if text.code == Some(Code::Closed) => {
+                if let Some(a) = self.session.backend_mailbox_closed() {
+                    (self.on_arrow)(a, self.session.state());
+                }
+            }
             Response::Untagged(Untagged::Bye(_)) => {
                 if let Some(a) = self.session.backend_bye() {
                     (self.on_arrow)(a, self.session.state());
@@ -683,6 +699,15 @@ fn flush<W: AsyncWrite + Unpin>(
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {
+                // Partly written: drop the sent prefix once it is as large
+                // as what is left (amortised: at most one move per octet
+                // sent).  Otherwise a peer that keeps taking a little but
+                // never all grows `out` by everything it ever took, since
+                // reads refill whenever the *backlog* is under HIGH_WATER.
+                if leg.sent > 0 && leg.sent >= leg.backlog() {
+                    leg.out.drain(..leg.sent);
+                    leg.sent = 0;
+                }
                 return if moved {
                     Poll::Ready(Ok(true))
                 } else {
@@ -708,5 +733,9 @@ fn flush<W: AsyncWrite + Unpin>(
     Poll::Ready(Ok(moved))
 }
 
+#[cfg(test)]
+mod buffer_tests;
+#[cfg(test)]
+mod kick_tests;
 #[cfg(test)]
 mod tests;

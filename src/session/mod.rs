@@ -49,6 +49,8 @@
 //! state the session can be in (counting the outcomes of commands still in
 //! flight) is answered with a tagged BAD by the gateway and never forwarded.
 
+#[doc(hidden)]
+pub mod check;
 pub mod rules;
 
 use std::sync::Arc;
@@ -814,6 +816,19 @@ impl Session {
             _ => None,
         };
         (arrow, literal_refused)
+    }
+
+    /// An untagged `OK [CLOSED]` from the backend (RFC 9051 §7.1): the
+    /// selected mailbox was closed — arrow (6), "unsolicited CLOSED response
+    /// code".  A SELECT in flight may select the next one on its OK.
+    pub fn backend_mailbox_closed(&mut self) -> Option<Arrow> {
+        match &self.state {
+            State::Selected(user, _) => {
+                self.state = State::Authenticated(user.clone());
+                Some(Arrow::Deselect)
+            }
+            _ => None,
+        }
     }
 
     /// An untagged BYE from the backend: the session is logging out.

@@ -273,6 +273,22 @@ fn arrow6_close_unselect_and_failed_select() {
 }
 
 #[test]
+fn arrow6_unsolicited_closed_code() {
+    let mut s = logged_in("alice");
+    s.client_command(b"s1 SELECT INBOX\r\n", false);
+    s.backend_tagged("s1", Status::Ok);
+    // C: s2 SELECT Archive   S: * OK [CLOSED] Previous mailbox closed.
+    s.client_command(b"s2 SELECT Archive\r\n", false);
+    assert_eq!(s.backend_mailbox_closed(), Some(Arrow::Deselect));
+    assert_eq!(s.state().label(), "authenticated");
+    // S: s2 OK [READ-WRITE] Select completed.
+    assert_eq!(s.backend_tagged("s2", Status::Ok).0, Some(Arrow::Select));
+    assert_eq!(s.state(), &State::Selected("alice".into(), Mailbox::Other(b"Archive".to_vec())));
+    assert_eq!(s.backend_mailbox_closed(), Some(Arrow::Deselect));
+    assert_eq!(s.backend_mailbox_closed(), None);
+}
+
+#[test]
 fn pipelined_select_then_fetch_is_forwarded() {
     let mut s = logged_in("alice");
     assert_eq!(

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod evil_backend;
+pub mod procstat;
 pub mod session;
 pub mod tls;
 
@@ -51,6 +53,24 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
         .port()
+}
+
+/// A blocking TCP connection to 127.0.0.1:`port` from the loopback address `source`
+/// (127.0.0.0/8 is all local on Linux: each address plays another client).
+pub fn connect_from(source: Ipv4Addr, port: u16) -> io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        socket
+            .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .await
+    })?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }
 
 /// Whether 127.0.0.1:`port` accepts a TCP connection within `timeout`.
@@ -271,6 +291,8 @@ impl Drop for ProcessGroup {
 pub struct Dovecot {
     proc: ProcessGroup,
     port: u16,
+    /// The PROXY-protocol listener's port (`DovecotBuilder::haproxy`).
+    haproxy_port: Option<u16>,
     dir: TempDir,
 }
 
@@ -282,6 +304,8 @@ pub struct DovecotBuilder {
     port: Option<u16>,
     /// `--rawlog`: see `session::DovecotBuilder::rawlog`.
     rawlog: bool,
+    /// `--haproxy-port`: see `DovecotBuilder::haproxy`.
+    haproxy: bool,
 }
 
 impl DovecotBuilder {
@@ -303,6 +327,13 @@ impl DovecotBuilder {
         self
     }
 
+    /// Also listen on a second port that requires a PROXY protocol header (Dovecot's
+    /// `haproxy = yes`, trusted from loopback); see [`Dovecot::haproxy_port`].
+    pub fn haproxy(mut self) -> Self {
+        self.haproxy = true;
+        self
+    }
+
     pub fn start(self) -> Dovecot {
         let dir = tempdir("imapgate-dovecot-");
         let mut users = String::new();
@@ -318,6 +349,7 @@ impl DovecotBuilder {
         let mut last_err = String::new();
         for _attempt in 0..3 {
             let port = self.port.unwrap_or_else(free_port);
+            let haproxy_port = self.haproxy.then(free_port);
             let out = File::create(dir.path().join("sandbox.out")).expect("create sandbox.out");
             let mut cmd = Command::new("bash");
             cmd.arg(repo().join("scripts/dovecot-sandbox"))
@@ -336,9 +368,19 @@ impl DovecotBuilder {
             if self.rawlog {
                 cmd.arg("--rawlog");
             }
+            if let Some(p) = haproxy_port {
+                cmd.arg("--haproxy-port").arg(p.to_string());
+            }
             let mut proc = ProcessGroup::spawn("dovecot", &mut cmd).expect("spawn dovecot-sandbox");
             match wait_greeting(&mut proc, port) {
-                Ok(()) => return Dovecot { proc, port, dir },
+                Ok(()) => {
+                    return Dovecot {
+                        proc,
+                        port,
+                        haproxy_port,
+                        dir,
+                    }
+                }
                 Err(e) => {
                     proc.stop();
                     let log = read_lossy(&dir.path().join("dovecot.log"));
@@ -395,6 +437,12 @@ impl Dovecot {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The listener that requires a PROXY protocol header (started with `haproxy()`).
+    pub fn haproxy_port(&self) -> u16 {
+        self.haproxy_port
+            .expect("Dovecot started without DovecotBuilder::haproxy")
     }
 
     pub fn dir(&self) -> &Path {
@@ -622,6 +670,28 @@ impl Client {
     pub fn connect(port: u16) -> Self {
         let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
             .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
+        stream
+            .set_read_timeout(Some(LINE_TIMEOUT))
+            .expect("set timeout");
+        let writer = stream.try_clone().expect("dup socket");
+        Client {
+            reader: BufReader::new(stream),
+            writer,
+            port,
+        }
+    }
+
+    /// Connect to 127.0.0.1:`port` from `source`, another loopback address (127.0.0.2,
+    /// 127.0.0.3, …: distinct client IPs with no setup on Linux). std cannot bind before
+    /// connecting, so the socket is made with tokio and handed back as a blocking one.
+    pub fn connect_from(source: Ipv4Addr, port: u16) -> Self {
+        let stream = connect_from(source, port)
+            .unwrap_or_else(|e| panic!("connect from {source} to 127.0.0.1:{port}: {e}"));
+        Self::from_stream(stream, port)
+    }
+
+    /// Wrap a connected stream (e.g. after writing a PROXY protocol header to it).
+    pub fn from_stream(stream: TcpStream, port: u16) -> Self {
         stream
             .set_read_timeout(Some(LINE_TIMEOUT))
             .expect("set timeout");

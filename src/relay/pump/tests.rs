@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
 
 use super::*;
 use crate::imap::command::parse_command;
@@ -77,10 +77,34 @@ where
         registration.handle(),
     );
     let ((end, _), ()) = tokio::join!(
-        pump.run(b"", b""),
+        PollLimit {
+            inner: Box::pin(pump.run(b"", b"")),
+            polls: 0,
+        },
         script(BufReader::new(client), BufReader::new(backend))
     );
     end
+}
+
+/// Fails a future polled absurdly often: a relay that wakes itself forever (a busy loop)
+/// keeps the paused clock from ever advancing, so it would hang the test instead.
+struct PollLimit<F> {
+    inner: Pin<Box<F>>,
+    polls: u64,
+}
+
+impl<F: Future> Future for PollLimit<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.polls += 1;
+        assert!(
+            self.polls < 100_000,
+            "the relay was polled {} times: busy loop",
+            self.polls
+        );
+        self.inner.as_mut().poll(cx)
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -126,4 +150,49 @@ async fn idle_command_is_held_up_to_max_idle_not_the_idle_timeout() {
     })
     .await;
     assert_eq!(end, End::Timeout);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backend_stalled_mid_response_is_closed_one_idle_period_later_without_spinning() {
+    let started = Instant::now();
+    let end = with_pump(|mut client, mut backend| async move {
+        client.write_all(b"f1 FETCH 1 BODY[]\r\n").await.unwrap();
+        assert_eq!(line(&mut backend).await, "f1 FETCH 1 BODY[]\r\n");
+        // Ten octets of a hundred, then the backend says nothing more (but stays).
+        backend
+            .write_all(b"* 1 FETCH (BODY[] {100}\r\n0123456789")
+            .await
+            .unwrap();
+        assert_eq!(line(&mut client).await, "* 1 FETCH (BODY[] {100}\r\n");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        // At the idle timeout the BYE waits for the response to end; one idle
+        // period later the session is closed without it (inside the literal it
+        // would be message data).
+        assert_eq!(rest, b"0123456789");
+        assert_eq!(started.elapsed(), IDLE * 2);
+        drop(backend);
+    })
+    .await;
+    assert_eq!(end, End::Timeout);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backend_gone_while_the_client_sends_a_literal_still_gets_bye() {
+    let end = with_pump(|mut client, mut backend| async move {
+        client
+            .write_all(b"a1 APPEND INBOX {100+}\r\n")
+            .await
+            .unwrap();
+        assert_eq!(line(&mut backend).await, "a1 APPEND INBOX {100+}\r\n");
+        // The backend vanishes while the literal is still coming: writing to it
+        // fails, and the client must still hear why.
+        drop(backend);
+        let _ = client.write_all(&[b'x'; 50]).await;
+        let mut rest = String::new();
+        client.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "* BYE [UNAVAILABLE] Backend connection lost\r\n");
+    })
+    .await;
+    assert_eq!(end, End::BackendLost);
 }
