@@ -7,12 +7,18 @@
 //! - `small_responses`: `* N EXISTS`, `* N FETCH (FLAGS (\Seen))` and
 //!   tagged OKs (goal ≥ 500 MB/s).
 //!
+//! Set `IMAPGATE_BENCH_CLOCK=thread-cpu` to time with thread CPU time on a
+//! loaded machine (see `support`).
+//!
 //! Each also runs with `classify` on the first line of every unit, which is
 //! what the relay adds to follow tagged completions.
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+mod support;
+
+use criterion::measurement::Measurement;
+use criterion::{Criterion, Throughput};
 use imapgate::imap::response::classify;
 use imapgate::imap::{Frame, Framer, Limits};
 
@@ -111,7 +117,7 @@ fn in_memory(stream: &[u8]) -> usize {
     frames
 }
 
-fn bench(c: &mut Criterion) {
+fn bench<M: Measurement>(c: &mut Criterion<M>) {
     for (name, stream) in [
         ("fetch_heavy", fetch_heavy_stream()),
         ("small_responses", small_response_stream()),
@@ -127,5 +133,6 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+fn main() {
+    support::main_with(bench, bench);
+}

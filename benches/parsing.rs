@@ -1,10 +1,15 @@
 //! Command parsing of simple commands, one command per iteration (goal
 //! ≥ 5 million per second, i.e. ≤ 200 ns each, on the 2-core dev machine):
 //! `parse_command` on the whole unit, `parse_command_head` on its line.
+//! Set `IMAPGATE_BENCH_CLOCK=thread-cpu` to time with thread CPU time on a
+//! loaded machine (see `support`).
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+mod support;
+
+use criterion::measurement::Measurement;
+use criterion::{Criterion, Throughput};
 use imapgate::imap::command::{parse_command, parse_command_head};
 use imapgate::imap::response::classify;
 
@@ -14,7 +19,7 @@ const COMMANDS: [(&str, &[u8]); 3] = [
     ("uid_fetch", b"a3 UID FETCH 1:* (FLAGS)\r\n"),
 ];
 
-fn bench(c: &mut Criterion) {
+fn bench<M: Measurement>(c: &mut Criterion<M>) {
     let mut g = c.benchmark_group("parse_command");
     g.throughput(Throughput::Elements(1));
     for (name, cmd) in COMMANDS {
@@ -41,5 +46,6 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+fn main() {
+    support::main_with(bench, bench);
+}

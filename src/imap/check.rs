@@ -603,10 +603,10 @@ pub fn command_case(data: &[u8]) -> Result<(), String> {
                     && s.iter()
                         .all(|&c| (1..0x80).contains(&c) && c != b'\r' && c != b'\n')
             };
-            let all_ok = params.as_ref().map_or(true, |p| {
+            let all_ok = params.as_ref().is_none_or(|p| {
                 !p.is_empty()
                     && p.iter()
-                        .all(|(k, v)| representable(k) && v.as_deref().map_or(true, representable))
+                        .all(|(k, v)| representable(k) && v.as_deref().is_none_or(representable))
             });
             if all_ok {
                 let fields = params.iter().flatten().map(|(k, v)| (&k[..], v.as_deref()));
@@ -713,7 +713,7 @@ fn reencodable<'a>(t: &'a super::response::RespText<'_>) -> Option<(Option<&'a s
         None => None,
     };
     let clean = |s: &str| !s.contains('\0');
-    if !clean(text) || !code.map_or(true, clean) || (code.is_none() && text.starts_with('[')) {
+    if !clean(text) || !code.is_none_or(clean) || (code.is_none() && text.starts_with('[')) {
         return None;
     }
     Some((code, text))

@@ -172,40 +172,51 @@ pub fn parse_command(input: &[u8]) -> Result<Command, ParseError> {
     let rest = rest
         .strip_prefix(b" ")
         .ok_or_else(|| fail("expected SP after tag"))?;
-    let (after_name, name) =
+    let (after_name, raw_name) =
         command_name(rest).map_err(|_| fail("missing or invalid command name"))?;
-    let parsed = match name.as_str() {
-        "CAPABILITY" => no_args(after_name, CommandBody::Capability),
-        "NOOP" => no_args(after_name, CommandBody::Noop),
-        "LOGOUT" => no_args(after_name, CommandBody::Logout),
-        "STARTTLS" => no_args(after_name, CommandBody::StartTls),
-        "CLOSE" => no_args(after_name, CommandBody::Close),
-        "UNSELECT" => no_args(after_name, CommandBody::Unselect),
-        "IDLE" => no_args(after_name, CommandBody::Idle),
-        "UNAUTHENTICATE" => no_args(after_name, CommandBody::Unauthenticate),
-        "LOGIN" => login_args(after_name),
-        "AUTHENTICATE" => authenticate_args(after_name),
-        "ID" => id_args(after_name),
-        "ENABLE" => enable_args(after_name),
-        "SELECT" => select_args(after_name)
+    // Upper-case into a stack buffer: the commands parsed fully need no
+    // allocated name (the longest, UNAUTHENTICATE, has 14 octets).
+    let mut buf = [0u8; 16];
+    let name: &[u8] = match buf.get_mut(..raw_name.len()) {
+        Some(b) => {
+            b.copy_from_slice(raw_name);
+            b.make_ascii_uppercase();
+            b
+        }
+        None => b"",
+    };
+    let parsed = match name {
+        b"CAPABILITY" => no_args(after_name, CommandBody::Capability),
+        b"NOOP" => no_args(after_name, CommandBody::Noop),
+        b"LOGOUT" => no_args(after_name, CommandBody::Logout),
+        b"STARTTLS" => no_args(after_name, CommandBody::StartTls),
+        b"CLOSE" => no_args(after_name, CommandBody::Close),
+        b"UNSELECT" => no_args(after_name, CommandBody::Unselect),
+        b"IDLE" => no_args(after_name, CommandBody::Idle),
+        b"UNAUTHENTICATE" => no_args(after_name, CommandBody::Unauthenticate),
+        b"LOGIN" => login_args(after_name),
+        b"AUTHENTICATE" => authenticate_args(after_name),
+        b"ID" => id_args(after_name),
+        b"ENABLE" => enable_args(after_name),
+        b"SELECT" => select_args(after_name)
             .map(|(r, (mailbox, params))| (r, CommandBody::Select { mailbox, params })),
-        "EXAMINE" => select_args(after_name)
+        b"EXAMINE" => select_args(after_name)
             .map(|(r, (mailbox, params))| (r, CommandBody::Examine { mailbox, params })),
-        "COMPRESS" => map(preceded(char(' '), atom), |a: &[u8]| {
+        b"COMPRESS" => map(preceded(char(' '), atom), |a: &[u8]| {
             CommandBody::Compress(String::from_utf8_lossy(a).to_ascii_uppercase())
         })(after_name),
         _ => {
             // Not acted on: the name is enough; the backend judges the rest.
             return Ok(Command {
                 tag,
-                body: CommandBody::Other(name),
+                body: CommandBody::Other(upper_name(raw_name)),
             });
         }
     };
     match parsed {
         Ok((rest, body)) if is_crlf(rest) => Ok(Command { tag, body }),
         Ok(_) => Err(fail("unexpected characters after command arguments")),
-        Err(_) => Err(fail(argument_error(&name))),
+        Err(_) => Err(fail(argument_error(name))),
     }
 }
 
@@ -219,7 +230,7 @@ pub fn parse_command_head(line: &[u8]) -> Result<(Tag, String), ParseError> {
     let name = rest
         .strip_prefix(b" ")
         .and_then(|r| command_name(r).ok())
-        .map(|(_, n)| n)
+        .map(|(_, n)| upper_name(n))
         .ok_or(ParseError {
             tag: Some(tag.clone()),
             reason: "missing or invalid command name",
@@ -227,14 +238,14 @@ pub fn parse_command_head(line: &[u8]) -> Result<(Tag, String), ParseError> {
     Ok((tag, name))
 }
 
-fn argument_error(name: &str) -> &'static str {
+fn argument_error(name: &[u8]) -> &'static str {
     match name {
-        "LOGIN" => "LOGIN expects: LOGIN userid password",
-        "AUTHENTICATE" => "AUTHENTICATE expects: AUTHENTICATE mechanism [initial-response]",
-        "ID" => "ID expects: ID NIL or ID (\"field\" \"value\" ...)",
-        "ENABLE" => "ENABLE expects one or more capability names",
-        "SELECT" | "EXAMINE" => "expected a mailbox name",
-        "COMPRESS" => "COMPRESS expects a mechanism",
+        b"LOGIN" => "LOGIN expects: LOGIN userid password",
+        b"AUTHENTICATE" => "AUTHENTICATE expects: AUTHENTICATE mechanism [initial-response]",
+        b"ID" => "ID expects: ID NIL or ID (\"field\" \"value\" ...)",
+        b"ENABLE" => "ENABLE expects one or more capability names",
+        b"SELECT" | b"EXAMINE" => "expected a mailbox name",
+        b"COMPRESS" => "COMPRESS expects a mechanism",
         _ => "this command takes no arguments",
     }
 }
@@ -380,9 +391,19 @@ fn select_args(input: &[u8]) -> IResult<&[u8], (Mailbox, Option<Vec<u8>>)> {
     Ok((input, (mailbox, params.map(<[u8]>::to_vec))))
 }
 
-/// `mailbox = "INBOX" / astring` (RFC 9051 §9).
+/// `mailbox = "INBOX" / astring` (RFC 9051 §9).  The atom form is checked
+/// for INBOX before anything is allocated.
 pub fn mailbox(input: &[u8]) -> IResult<&[u8], Mailbox> {
-    map(astring, Mailbox::from_astring)(input)
+    alt((
+        map(take_while1(is_astring_char), |m: &[u8]| {
+            if m.eq_ignore_ascii_case(b"INBOX") {
+                Mailbox::Inbox
+            } else {
+                Mailbox::Other(m.to_vec())
+            }
+        }),
+        map(string, Mailbox::from_astring),
+    ))(input)
 }
 
 /// A parenthesised list, nesting bounded by [`MAX_NESTING`]; returns its raw
@@ -441,12 +462,17 @@ pub fn tag(input: &[u8]) -> IResult<&[u8], Tag> {
     })(input)
 }
 
-/// Command names are atoms; `UID` commands report as `UID`.
-fn command_name(input: &[u8]) -> IResult<&[u8], String> {
-    map(
-        take_while1(|c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.'),
-        |n: &[u8]| String::from_utf8_lossy(n).to_ascii_uppercase(),
-    )(input)
+/// Command names are atoms (RFC 9051 §9 `command-any` etc. and `x-command
+/// = "X" atom`); `UID` commands report as `UID`.  Returns the name as sent:
+/// ASCII letters, digits, `-`, `_` and `.`.
+fn command_name(input: &[u8]) -> IResult<&[u8], &[u8]> {
+    take_while1(|c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')(input)
+}
+
+/// A command name as reported: upper case.
+fn upper_name(raw: &[u8]) -> String {
+    // command_name admits ASCII only, so this never replaces anything.
+    String::from_utf8_lossy(raw).to_ascii_uppercase()
 }
 
 /// `astring = 1*ASTRING-CHAR / string` (RFC 9051 §9).

@@ -57,3 +57,8 @@ fn command_seeds() {
 fn response_seeds() {
     replay("response", check::response_case);
 }
+
+#[test]
+fn session_seeds() {
+    replay("session", crate::session::check::session_case);
+}
