@@ -283,7 +283,10 @@ fn arrow6_unsolicited_closed_code() {
     assert_eq!(s.state().label(), "authenticated");
     // S: s2 OK [READ-WRITE] Select completed.
     assert_eq!(s.backend_tagged("s2", Status::Ok).0, Some(Arrow::Select));
-    assert_eq!(s.state(), &State::Selected("alice".into(), Mailbox::Other(b"Archive".to_vec())));
+    assert_eq!(
+        s.state(),
+        &State::Selected("alice".into(), Mailbox::Other(b"Archive".to_vec()))
+    );
     assert_eq!(s.backend_mailbox_closed(), Some(Arrow::Deselect));
     assert_eq!(s.backend_mailbox_closed(), None);
 }
