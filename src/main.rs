@@ -33,21 +33,23 @@ const EX_USAGE: u8 = 64;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(path) = cli.check_config {
-        return match Config::load(&path)
-            .and_then(|c| Ok(Runtime::build(c).map_err(|e| format!("{e:#}"))))
-        {
-            Ok(Ok(_)) => {
-                println!("{}: OK", path.display());
-                ExitCode::SUCCESS
-            }
-            Ok(Err(e)) => {
-                eprintln!("imapgate: {}: {e}", path.display());
-                ExitCode::from(EX_USAGE)
-            }
+        // Parse and validate, then build every runtime part (reads the
+        // passdb files and certificates) exactly as a start would.
+        return match Config::load(&path) {
             Err(e) => {
                 eprintln!("imapgate: {e}");
                 ExitCode::from(EX_USAGE)
             }
+            Ok(config) => match Runtime::build(config) {
+                Ok(_) => {
+                    println!("{}: OK", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("imapgate: {}: {e:#}", path.display());
+                    ExitCode::from(EX_USAGE)
+                }
+            },
         };
     }
     let path = cli

@@ -125,7 +125,7 @@ pub fn parse_url(url: &str) -> Result<Url, String> {
 pub fn escape(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     for &b in bytes {
-        if b < 0x20 || b == b' ' || b == b'%' || b == 0x7f {
+        if b <= b' ' || b == b'%' || b == 0x7f {
             out.extend_from_slice(format!("%{b:02X}").as_bytes());
         } else {
             out.push(b);
@@ -234,7 +234,12 @@ impl HttpPassDb {
             "HTTP/1.0"
         };
         r.extend_from_slice(format!("GET {} {version}\r\n", self.url.path).as_bytes());
-        r.extend_from_slice(format!("Host: {}\r\n", self.url.host).as_bytes());
+        if self.url.host.contains(':') {
+            // An IPv6 literal goes in brackets (RFC 9110 §7.2).
+            r.extend_from_slice(format!("Host: [{}]\r\n", self.url.host).as_bytes());
+        } else {
+            r.extend_from_slice(format!("Host: {}\r\n", self.url.host).as_bytes());
+        }
         r.extend_from_slice(b"Auth-Method: plain\r\nAuth-User: ");
         r.extend(escape(creds.username.as_bytes()));
         r.extend_from_slice(b"\r\nAuth-Pass: ");
@@ -395,17 +400,16 @@ fn interpret(r: &Response, username: &str) -> Interpreted {
         .filter(|d| !d.is_zero());
     match status {
         b"OK" => {
-            let text = |name: &str| -> Result<Option<String>, Interpreted> {
+            let text = |name: &str| -> Result<Option<String>, String> {
                 r.header(name)
                     .map(|v| {
-                        String::from_utf8(v.to_vec())
-                            .map_err(|_| temp(&format!("{name} is not UTF-8")))
+                        String::from_utf8(v.to_vec()).map_err(|_| format!("{name} is not UTF-8"))
                     })
                     .transpose()
             };
             let host = match text("Auth-Server") {
                 Ok(h) => h.filter(|h| !h.is_empty()),
-                Err(e) => return e,
+                Err(e) => return temp(&e),
             };
             let port = match r.header("Auth-Port") {
                 None => None,
@@ -428,7 +432,7 @@ fn interpret(r: &Response, username: &str) -> Interpreted {
             }
             let backend_user = match text("Auth-User") {
                 Ok(u) => u,
-                Err(e) => return e,
+                Err(e) => return temp(&e),
             };
             Interpreted::Answer(Answer::Accept(UserInfo {
                 user: username.to_owned(),

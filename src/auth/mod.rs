@@ -416,12 +416,6 @@ fn client_text(text: &str) -> String {
     }
 }
 
-/// `user` with every byte that is not printable ASCII escaped, for the
-/// audit line: logs stay one line per event whatever a client sends.
-pub fn escape_user(user: &str) -> String {
-    format!("{user:?}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,6 +534,5 @@ mod tests {
     fn client_text_is_safe() {
         assert_eq!(client_text(""), "Login disabled");
         assert_eq!(client_text("[ALERT] moved\r\n* BYE"), "ALERT] moved* BYE");
-        assert_eq!(escape_user("a\r\nb\u{7f}"), "\"a\\r\\nb\\u{7f}\"");
     }
 }

@@ -256,10 +256,7 @@ impl Client {
                 return if rest.starts_with(b"OK") {
                     Ok(literal_bytes)
                 } else {
-                    Err(format!(
-                        "{}",
-                        String::from_utf8_lossy(&self.line).trim_end()
-                    ))
+                    Err(String::from_utf8_lossy(&self.line).trim_end().to_owned())
                 };
             }
         }
