@@ -25,7 +25,7 @@ use crate::auth::{preauth, ClientFacts, Credentials, Failure, Outcome, TlsFacts,
 use crate::config::{BackendLogin, TlsMode};
 use crate::imap::command::{parse_command, parse_command_head, ParseError};
 use crate::imap::encode;
-use crate::imap::{Frame, FrameError, Framer, Limits, Secret};
+use crate::imap::{Command, CommandBody, Frame, FrameError, Framer, Limits, Secret};
 use crate::metrics::{self, StateGauge};
 use crate::registry::{self, SessionHandle};
 use crate::runtime::Runtime;
@@ -85,7 +85,10 @@ pub async fn serve(tcp: TcpStream, conn: Connection, runtime: Arc<Runtime>) {
         metrics.arrow(arrow.number());
         debug!(arrow = arrow.number(), state = state.label(), "transition")
     };
-    let outcome = async {
+    // Boxed: the pre-login phase's state (read buffers, TLS handshake, the
+    // passdb and backend-login futures; ~12 KiB) is freed at login instead
+    // of staying in every relayed session's task for its whole life.
+    let outcome = Box::pin(async {
         if let Some(tls) = listener_tls.filter(|t| t.mode == TlsMode::Implicit) {
             if let Err(reason) = handshake(&mut client, tls, &conn).await {
                 return Ok(PreAuthEnd::Closed(reason));
@@ -134,7 +137,7 @@ pub async fn serve(tcp: TcpStream, conn: Connection, runtime: Arc<Runtime>) {
                 Ok(PreAuthEnd::Closed("login_timeout"))
             }
         }
-    }
+    })
     .await;
     let (reason, totals) = match outcome {
         Ok(PreAuthEnd::LoggedIn {
@@ -151,12 +154,18 @@ pub async fn serve(tcp: TcpStream, conn: Connection, runtime: Arc<Runtime>) {
                 idle: limits.idle_timeout(),
                 max_idle: limits.max_idle(),
             };
+            // Only what the relay needs outlives login: the capabilities
+            // were answered to the client already, and the login reader's
+            // buffer is shrunk to the bytes it still holds.
             let BackendConn {
                 stream,
-                leftover,
+                mut leftover,
                 name,
-                ..
+                user_permit: _user_permit,
+                capabilities,
             } = backend;
+            drop(capabilities);
+            leftover.shrink_to_fit();
             gauge.set(session.state().label());
             if let Some(user) = session.state().user() {
                 handle.logged_in(user.clone(), &name);
@@ -370,6 +379,31 @@ async fn not_authenticated(
                         return Ok(PreAuthEnd::Closed("literal_too_large"));
                     }
                     if lit.sync {
+                        if let Some(cmd) = refused_before_literal(&unit, bytes, session.in_sasl()) {
+                            // Refused before `+` (RFC 9051 §7.5): the client will not
+                            // send the literal, and nothing is taken in for a command
+                            // that cannot run before login.
+                            framer.cancel_literal();
+                            unit.clear();
+                            bare_lf = false;
+                            for action in session.command(Ok(cmd)) {
+                                match action {
+                                    Action::Reply(r) => replies.extend(r),
+                                    Action::Refused(reason) => {
+                                        metrics::get()
+                                            .bad_commands
+                                            .with_label_values(&[reason])
+                                            .inc();
+                                    }
+                                    Action::Close => {
+                                        send(client, &replies).await?;
+                                        return Ok(PreAuthEnd::Closed("logout"));
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            continue;
+                        }
                         replies.extend_from_slice(b"+ Ready for literal data\r\n");
                     }
                 }
@@ -511,6 +545,23 @@ async fn not_authenticated(
     }
 }
 
+/// A command whose first line announces a synchronizing literal but that is valid in no
+/// state before login (`APPEND INBOX {10}`, `SELECT {5}`): the session's refusal, to be
+/// given instead of `+`.
+fn refused_before_literal(unit: &[u8], line: &[u8], in_sasl: bool) -> Option<Command> {
+    if in_sasl || !unit.is_empty() {
+        return None;
+    }
+    let (tag, name) = parse_command_head(line).ok()?;
+    if rules::allowed(rules::scope(&name), rules::Phase::NotAuthenticated) {
+        return None;
+    }
+    Some(Command {
+        tag,
+        body: CommandBody::Other(name),
+    })
+}
+
 /// Answer a framing limit before login.  Returns true if the connection
 /// must close (the offending bytes keep coming).
 fn limit_reply(e: FrameError, input: &[u8], replies: &mut Vec<u8>) -> bool {
@@ -565,12 +616,17 @@ async fn log_in(
     let outcome = runtime.auth.authenticate(&creds, client).await;
     let m = metrics::get();
     m.auth_duration.observe(started.elapsed().as_secs_f64());
-    m.auth_attempts
-        .with_label_values(&[req.mechanism, outcome.passdb, outcome.label()])
-        .inc();
+    // Counted once the login's fate is known: the passdb's verdict, or
+    // `limit` when the per-user session cap refuses a good password.
+    let count = |result: &str| {
+        m.auth_attempts
+            .with_label_values(&[req.mechanism, outcome.passdb, result])
+            .inc()
+    };
     let info = match &outcome.result {
         Ok(info) => info,
         Err(failure) => {
+            count(outcome.label());
             audit(req, client, &outcome, outcome.label(), "", started);
             let close = matches!(failure, Failure::BadCredentials { close: true });
             let failure = match failure {
@@ -590,6 +646,7 @@ async fn log_in(
     tracing::Span::current().record("user", tracing::field::debug(&info.user));
     match open_backend(info, Creds::Client(&req.password), conn, runtime).await {
         Ok(backend) => {
+            count(outcome.label());
             audit(req, client, &outcome, "ok", &backend.name, started);
             let user: User = Arc::from(info.user.as_str());
             let caps = backend.capabilities.clone();
@@ -601,6 +658,11 @@ async fn log_in(
                 LoginFailure::Backend { .. } => "backend_rejected",
                 _ => "backend_unavailable",
             };
+            count(if result == "limit" {
+                "limit"
+            } else {
+                outcome.label()
+            });
             audit(req, client, &outcome, result, "", started);
             (Err(failure), None, false)
         }
@@ -623,7 +685,7 @@ fn audit(
         mechanism = req.mechanism,
         passdb = outcome.passdb,
         result,
-        reason = %outcome.reason,
+        reason = ?outcome.reason,
         cached = outcome.cached,
         delay_ms = outcome.delayed.as_millis() as u64,
         backend,
