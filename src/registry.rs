@@ -178,6 +178,9 @@ fn clean_reason(reason: &str) -> Box<str> {
 #[derive(Debug, Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<u64, Arc<SessionHandle>>>,
+    /// Set by [`Registry::close_all`] (under the map's lock): sessions
+    /// that register afterwards are kicked as they arrive.
+    closing: OnceLock<Box<str>>,
 }
 
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
@@ -197,11 +200,33 @@ impl Registry {
     /// Add a session; it leaves the registry when the registration drops.
     pub fn register(&self, id: u64, peer: SocketAddr, listener: Arc<str>) -> Registration<'_> {
         let handle = Arc::new(SessionHandle::new(id, peer, listener));
-        self.lock().insert(id, handle.clone());
+        let closing = {
+            let mut sessions = self.lock();
+            sessions.insert(id, handle.clone());
+            self.closing.get().cloned()
+        };
+        if let Some(reason) = closing {
+            handle.kick(&reason);
+        }
         Registration {
             registry: self,
             handle,
         }
+    }
+
+    /// Shutting down: kick every session, now and as each later one
+    /// registers (a connection accepted just before the listeners closed
+    /// may not have registered yet); returns how many were live.
+    pub fn close_all(&self, reason: &str) -> usize {
+        let live: Vec<_> = {
+            let sessions = self.lock();
+            let _ = self.closing.set(reason.into());
+            sessions.values().cloned().collect()
+        };
+        for h in &live {
+            h.kick(reason);
+        }
+        live.len()
     }
 
     /// Every live session, ordered by id.
@@ -282,6 +307,23 @@ mod tests {
         assert_eq!(r.len(), 1);
         drop(b);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn close_all_also_kicks_later_registrations() {
+        let r = Registry::default();
+        let early = r.register(1, peer(), "imap".into());
+        assert_eq!(r.close_all("shutting down"), 1);
+        // Accepted before the listeners stopped, registered after the call.
+        let late = r.register(2, peer(), "imap".into());
+        for reg in [&early, &late] {
+            assert_eq!(reg.handle().kick_reason(), "shutting down");
+            let kicked = std::pin::pin!(reg.handle().kicked());
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            let polled = std::future::Future::poll(kicked, &mut cx);
+            assert!(polled.is_ready(), "session {}", reg.handle().id);
+        }
     }
 
     #[test]

@@ -62,23 +62,25 @@ pub async fn run(current: Arc<Current>) -> anyhow::Result<()> {
     for t in tasks {
         let _ = t.await;
     }
-    drain(grace).await;
+    drain(grace, &admission).await;
     Ok(())
 }
 
 /// Let live sessions finish: each is asked to end at its next quiet point
 /// (after the command in flight), then, when `grace` runs out, the rest are
 /// closed.  A second SIGTERM/SIGINT exits at once.
-async fn drain(grace: Duration) {
+async fn drain(grace: Duration, admission: &Admission) {
     let registry = crate::registry::get();
-    for s in registry.list() {
-        s.kick(SHUTDOWN_REASON);
-    }
+    // Also kicks sessions that register from now on: a connection accepted
+    // just before the listeners stopped may not have started yet.
+    registry.close_all(SHUTDOWN_REASON);
     let deadline = tokio::time::Instant::now() + grace;
     let again = second_signal();
     tokio::pin!(again);
     loop {
-        if registry.is_empty() {
+        // Permits are held from admission to the session task's end, so
+        // this also waits for sessions that have not registered yet.
+        if registry.is_empty() && admission.live() == 0 {
             info!("all sessions ended; exiting");
             return;
         }
@@ -120,6 +122,9 @@ async fn second_signal() {
     }
 }
 
+/// Connections accepted before the accept loop lets other tasks run.
+const ACCEPT_BATCH: u32 = 8;
+
 async fn accept_loop(
     listener: TcpListener,
     name: Arc<str>,
@@ -128,7 +133,15 @@ async fn accept_loop(
     next_id: Arc<AtomicU64>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut accepted_in_a_row = 0u32;
     loop {
+        // Under a flood this loop never has to wait, and tokio lets a task
+        // run 128 operations before it must yield: sessions sharing the
+        // worker would wait behind that many refusals.  Step aside sooner.
+        accepted_in_a_row += 1;
+        if accepted_in_a_row % ACCEPT_BATCH == 0 {
+            tokio::task::yield_now().await;
+        }
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.changed() => {

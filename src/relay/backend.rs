@@ -476,7 +476,8 @@ impl LineReader {
     fn new() -> LineReader {
         LineReader {
             buf: Vec::with_capacity(1024),
-            framer: Framer::new(Limits {
+            // Responses: a greeting or status text ending in `{5}` is text.
+            framer: Framer::for_responses(Limits {
                 max_line: 64 * 1024,
                 max_literal: 0,
                 max_literals_per_unit: 0,

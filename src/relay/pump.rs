@@ -12,7 +12,9 @@
 //! peer has not accepted yet).  An idle session holds no buffer at all.
 //! Backpressure: a direction stops reading once `HIGH_WATER` bytes wait for
 //! its destination, so a client that stops reading slows the backend, and
-//! nothing grows without bound.
+//! nothing grows without bound.  The client is also not read while
+//! `HIGH_WATER` bytes of its own answers wait for it: a client that pipelines
+//! without reading gets no more commands through.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -103,9 +105,9 @@ struct Leg {
 }
 
 impl Leg {
-    fn new(limits: Limits) -> Leg {
+    fn new(framer: Framer) -> Leg {
         Leg {
-            framer: Framer::new(limits),
+            framer,
             partial: Vec::new(),
             out: Vec::new(),
             sent: 0,
@@ -168,6 +170,8 @@ pub struct Pump<'s, C, B> {
     in_flight: u32,
     /// Kicked gracefully while commands were in flight: BYE once quiet.
     drain_pending: bool,
+    /// The inactivity BYE is waiting for the backend's unit boundary.
+    timeout_deferred: bool,
 }
 
 impl<'s, C, B> Pump<'s, C, B>
@@ -194,8 +198,11 @@ where
             client,
             backend,
             session,
-            c2b: Leg::new(limits),
-            b2c: Leg::new(limits),
+            c2b: Leg::new(Framer::new(limits)),
+            // Responses: a status response's text never announces a literal
+            // (RFC 9051 §9 `resp-text`), so `NO ... x{5}` echoing a mailbox
+            // name does not make the framer swallow the next response.
+            b2c: Leg::new(Framer::for_responses(limits)),
             deferred: Vec::new(),
             forwarding: true,
             ending: None,
@@ -211,6 +218,7 @@ where
             end_after_unit: None,
             in_flight: 0,
             drain_pending: false,
+            timeout_deferred: false,
         }
     }
 
@@ -246,7 +254,21 @@ where
             match flush(&mut self.backend, &mut self.c2b, cx) {
                 Poll::Ready(Ok(true)) => progress = true,
                 Poll::Ready(Ok(false)) | Poll::Pending => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(self.ending.unwrap_or(End::BackendLost)),
+                Poll::Ready(Err(_)) => {
+                    // The backend went away while we wrote to it (closed or reset
+                    // mid-command, say halfway through an APPEND literal).  What
+                    // the client sent can no longer be delivered; tell the client
+                    // as for any lost backend (a BYE at a response boundary) and
+                    // let what it is owed drain, rather than stopping on the spot.
+                    self.c2b.out = Vec::new();
+                    self.c2b.sent = 0;
+                    self.c2b.unflushed = false;
+                    if !self.backend_closed {
+                        self.backend_closed = true;
+                        self.backend_eof();
+                    }
+                    progress = true;
+                }
             }
             match flush(&mut self.client, &mut self.b2c, cx) {
                 Poll::Ready(Ok(true)) => progress = true,
@@ -265,7 +287,13 @@ where
                 continue;
             }
 
-            if self.c2b.backlog() < HIGH_WATER && !self.client_closed {
+            // A client that does not read its answers is not read either: its
+            // commands would only pile answers up behind the gateway (Dovecot
+            // buffers pipelined NOOP answers until it runs out of memory).
+            if self.c2b.backlog() < HIGH_WATER
+                && self.b2c.backlog() < HIGH_WATER
+                && !self.client_closed
+            {
                 match read_scratch(&mut self.client, cx) {
                     Poll::Ready(Ok(0)) => {
                         self.client_closed = true;
@@ -378,6 +406,14 @@ where
         if self.timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
+        if self.timeout_deferred {
+            // A whole limit after the BYE was due, the backend still has not
+            // finished the response it waits behind: it is stalled mid-response
+            // and no boundary is coming.  Close without the BYE (inside the
+            // response it would be taken for data); the client sees the end.
+            self.end(End::Timeout);
+            return Poll::Ready(());
+        }
         let limit = match self.session.state() {
             State::Idle { .. } => self.timeouts.max_idle,
             _ => self.timeouts.idle,
@@ -391,6 +427,13 @@ where
             encode::untagged("BYE", None, "Autologout; idle for too long"),
             End::Timeout,
         );
+        if self.ending.is_none() {
+            // Deferred to the backend's next unit boundary.  The elapsed timer
+            // would fire on every poll (re-queueing the BYE each time, a busy
+            // loop that grows `deferred`): re-arm it, one more limit.
+            self.timeout_deferred = true;
+            self.timer.as_mut().reset(Instant::now() + limit);
+        }
         Poll::Ready(())
     }
 
@@ -613,7 +656,9 @@ where
                     return false;
                 }
             }
-            Response::Untagged(Untagged::Status(Status::Ok, text)) if text.code == Some(Code::Closed) => {
+            Response::Untagged(Untagged::Status(Status::Ok, text))
+                if text.code == Some(Code::Closed) =>
+            {
                 if let Some(a) = self.session.backend_mailbox_closed() {
                     (self.on_arrow)(a, self.session.state());
                 }
@@ -712,7 +757,7 @@ fn flush<W: AsyncWrite + Unpin>(
                     Poll::Ready(Ok(true))
                 } else {
                     Poll::Pending
-                }
+                };
             }
         }
     }

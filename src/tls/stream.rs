@@ -60,7 +60,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for Stream<T> {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            // A peer that closes TCP without close_notify is an end of
+            // stream here, as on a plain connection: IMAP's own framing
+            // (tagged completions, literal lengths) tells a complete
+            // exchange from a cut one, so truncation gains an attacker
+            // nothing (RFC 8446 §6.1 leaves this to the application).
+            Stream::Tls(s) => match Pin::new(s.as_mut()).poll_read(cx, buf) {
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    Poll::Ready(Ok(()))
+                }
+                other => other,
+            },
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }

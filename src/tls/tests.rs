@@ -307,13 +307,11 @@ certificates = [{ cert = "server.pem", key = "server.key" }]"#,
     // A backend that trusts another CA.
     let other = Pki::new();
     fs::copy(other.path("ca.pem"), pki.path("other-ca.pem")).unwrap();
-    let text = format!(
-        "[[listener]]\nname = \"imap\"\naddress = \"127.0.0.1:1143\"\n\
+    let text = "[[listener]]\nname = \"imap\"\naddress = \"127.0.0.1:1143\"\n\
          [[backend]]\nname = \"b1\"\naddress = \"127.0.0.1:1\"\ntls = \"implicit\"\n\
          ca_file = \"other-ca.pem\"\nserver_name = \"imap.example\"\n\
-         [[passdb]]\ntype = \"passwd-file\"\npath = \"users\"\n"
-    );
-    let c = Config::parse(&text, pki.dir.path().to_owned()).unwrap();
+         [[passdb]]\ntype = \"passwd-file\"\npath = \"users\"\n";
+    let c = Config::parse(text, pki.dir.path().to_owned()).unwrap();
     let set = TlsSet::from_config(&c).unwrap();
     let backend = set.backend("b1", "127.0.0.1").unwrap();
     let (port, server) = serve_one(tls).await;

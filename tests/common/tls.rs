@@ -200,7 +200,12 @@ impl TlsDovecot {
             match started {
                 Ok(()) => {
                     return TlsDovecot {
-                        dovecot: Dovecot { proc, port, dir },
+                        dovecot: Dovecot {
+                            proc,
+                            port,
+                            haproxy_port: None,
+                            dir,
+                        },
                         imaps_port,
                     }
                 }

@@ -156,6 +156,13 @@ async fn idle_command_is_held_up_to_max_idle_not_the_idle_timeout() {
 async fn backend_stalled_mid_response_is_closed_one_idle_period_later_without_spinning() {
     let started = Instant::now();
     let end = with_pump(|mut client, mut backend| async move {
+        client.write_all(b"s1 SELECT INBOX\r\n").await.unwrap();
+        assert_eq!(line(&mut backend).await, "s1 SELECT INBOX\r\n");
+        backend
+            .write_all(b"s1 OK [READ-WRITE] done\r\n")
+            .await
+            .unwrap();
+        assert_eq!(line(&mut client).await, "s1 OK [READ-WRITE] done\r\n");
         client.write_all(b"f1 FETCH 1 BODY[]\r\n").await.unwrap();
         assert_eq!(line(&mut backend).await, "f1 FETCH 1 BODY[]\r\n");
         // Ten octets of a hundred, then the backend says nothing more (but stays).
