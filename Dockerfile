@@ -20,6 +20,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
     && install -D -m 0755 target/release/imapgate /out/imapgate
+# The example config, made to stand alone: its TLS listeners point at the
+# demo's certificate (../.demo/tls/), so give the image a placeholder
+# self-signed one at /etc/imapgate/tls/.  Replace it (and the config).
+RUN mkdir -p /out/etc/tls \
+    && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj "/CN=imapgate.invalid" -keyout /out/etc/tls/key.pem -out /out/etc/tls/cert.pem \
+    && sed 's#\.\./\.demo/tls/#tls/#g' config/imapgate.toml >/out/etc/imapgate.toml \
+    && cp config/users /out/etc/users
 
 # ---- runtime ----------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -31,7 +39,7 @@ RUN apt-get update \
         --home-dir /nonexistent --shell /usr/sbin/nologin imapgate
 COPY --from=build /out/imapgate /usr/local/bin/imapgate
 COPY scripts/healthcheck /usr/local/bin/imapgate-healthcheck
-COPY config/imapgate.toml config/users /etc/imapgate/
+COPY --from=build --chown=imapgate:imapgate /out/etc/ /etc/imapgate/
 
 USER imapgate:imapgate
 # IMAP (plain/STARTTLS), IMAPS, metrics/admin.
