@@ -221,7 +221,8 @@ fn backend_closes_mid_literal_during_append() {
     let rig = rig_partial_append();
     let mut by = rig.bystander();
     let mut c = rig.mallory();
-    let size = 1 << 20;
+    // More than the socket buffers between client, gateway and backend hold.
+    let size = 48 << 20;
     c.send(&format!("m2 APPEND INBOX {{{size}}}\r\n"));
     let plus = c.line();
     assert!(plus.starts_with('+'), "{plus:?}");
@@ -236,7 +237,6 @@ fn backend_closes_mid_literal_during_append() {
                 break;
             }
             sent += chunk.len();
-            thread::sleep(Duration::from_millis(2));
         }
     });
     let lines = until_close(&mut c);
@@ -249,7 +249,8 @@ fn backend_closes_mid_literal_during_append() {
     rig.assert_untouched(&mut by);
 }
 
-/// A scripted backend that accepts an APPEND literal, reads 20 KB of it, and closes.
+/// A scripted backend that accepts an APPEND literal, reads 20 KB of it, stops reading,
+/// and closes a second later (with the gateway holding literal bytes it cannot deliver).
 fn rig_partial_append() -> Rig {
     rig(|mut p| {
         p.greet_and_accept_login();
@@ -260,6 +261,9 @@ fn rig_partial_append() -> Rig {
             if line.contains("APPEND") {
                 p.send("+ go ahead\r\n");
                 let _ = p.bytes(20 * 1024);
+                // Stop reading until every buffer on the way is full (the gateway holds
+                // literal bytes it cannot deliver), then vanish.
+                thread::sleep(Duration::from_secs(1));
                 p.close();
                 return;
             }
