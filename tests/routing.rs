@@ -541,3 +541,48 @@ fn master_user_login_is_invisible_to_the_client() {
         );
     }
 }
+
+/// `max_connections` on a backend: once it relays that many sessions it is
+/// skipped like a down one; with no other backend the login gets
+/// `NO [UNAVAILABLE]`, and a slot freed by a LOGOUT is usable again.
+#[test]
+fn a_full_backend_is_skipped() {
+    let dovecot = Dovecot::start();
+    let config = gateway_config(common::free_port(), dovecot.port(), &dovecot.users_file())
+        .replacen(
+            "name = \"dovecot\"",
+            "name = \"dovecot\"\nmax_connections = 1",
+            1,
+        );
+    let gw = Gateway::start(&config);
+    let port = gw.ports()[0];
+
+    let mut first = Client::connect(port);
+    first.greeting();
+    first.send("a LOGIN alice wonderland\r\n");
+    first.expect_ok("a");
+
+    let mut second = Client::connect(port);
+    second.greeting();
+    second.send("b LOGIN bob builder\r\n");
+    let no = second.expect_no("b");
+    assert!(no.contains("[UNAVAILABLE]"), "{no}");
+
+    first.send("z LOGOUT\r\n");
+    first.expect_ok("z");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let mut c = Client::connect(port);
+            c.greeting();
+            c.send("c LOGIN bob builder\r\n");
+            let (_, tagged) = c.expect_tagged("c");
+            tagged.starts_with("c OK")
+        }),
+        "the freed slot was not reused"
+    );
+    assert!(
+        gw.log().contains("backend at its connection cap"),
+        "{}",
+        gw.log()
+    );
+}

@@ -200,6 +200,11 @@ pub struct BackendConfig {
     /// imap listener and the gateway in `haproxy_trusted_networks`).
     #[serde(default)]
     pub send_proxy_protocol: bool,
+    /// Most sessions relayed to this backend at once; a full backend is
+    /// skipped like a down one (its users go to their next choice).
+    /// 0 = unlimited.
+    #[serde(default)]
+    pub max_connections: u32,
     /// TLS to the backend: `none`, `starttls` or `implicit`.
     #[serde(default)]
     pub tls: TlsMode,

@@ -733,6 +733,13 @@ async fn open_backend(
     };
     let unavailable = || LoginFailure::Unavailable("Backend unavailable; try again later".into());
     for candidate in runtime.router.candidates(info) {
+        if candidate.is_full() {
+            warn!(backend = %candidate.name, max = candidate.max_connections, "backend at its connection cap; trying the next");
+            m.backend_connect_failures
+                .with_label_values(&[&candidate.name, "full"])
+                .inc();
+            continue;
+        }
         let auth = match (creds, candidate.login, &candidate.master) {
             (_, BackendLogin::Master, Some(master)) | (Creds::Preauth, _, Some(master)) => {
                 BackendAuth::Master {

@@ -35,6 +35,22 @@ pub struct Backend {
     /// Start each connection with a PROXY v2 header carrying the client's
     /// addresses (Dovecot: `haproxy = yes` on the listener).
     pub send_proxy_protocol: bool,
+    /// Sessions allowed at once (0 = unlimited); see `is_full`.
+    pub max_connections: u32,
+}
+
+impl Backend {
+    /// Whether the backend already relays `max_connections` sessions
+    /// (counted by `imapgate_backend_sessions`; logins in flight are not,
+    /// so the cap is soft by at most the concurrent logins).
+    pub fn is_full(&self) -> bool {
+        self.max_connections > 0
+            && crate::metrics::get()
+                .backend_sessions
+                .with_label_values(&[&self.name])
+                .get()
+                >= i64::from(self.max_connections)
+    }
 }
 
 /// A backend's master user (Dovecot `master=yes` passdb).
@@ -77,6 +93,7 @@ impl Router {
                     forward_client_id: b.forward_client_id,
                     login: b.login,
                     send_proxy_protocol: b.send_proxy_protocol,
+                    max_connections: b.max_connections,
                     master: b
                         .master_user
                         .as_ref()
@@ -133,6 +150,7 @@ impl Router {
                     login: BackendLogin::Client,
                     master: None,
                     send_proxy_protocol: false,
+                    max_connections: 0,
                 })
             })];
         }
@@ -202,6 +220,7 @@ mod tests {
                         login: BackendLogin::Client,
                         master: None,
                         send_proxy_protocol: false,
+                        max_connections: 0,
                     })
                 })
                 .collect(),
