@@ -145,7 +145,7 @@ async fn accept_loop(
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.changed() => {
-                turn_away_queue(&listener, &name);
+                turn_away_queue(listener, &name);
                 return;
             }
         };
@@ -201,15 +201,20 @@ async fn accept_loop(
 }
 
 /// Shutting down: greet whatever already waits in the accept queue with
-/// `* BYE` rather than leave it to a reset.
-fn turn_away_queue(listener: &TcpListener, name: &str) {
-    use std::task::{Context, Poll};
-    let waker = std::task::Waker::noop();
-    let mut cx = Context::from_waker(waker);
+/// `* BYE` rather than leave it to a reset.  Accepts on the socket itself:
+/// the runtime's readiness flag may not have caught up with what the
+/// kernel has queued (e.g. right after the process resumed).
+fn turn_away_queue(listener: TcpListener, name: &str) {
+    use std::io::Write as _;
+    let Ok(listener) = listener.into_std() else {
+        return;
+    };
     let bye = Session::bye_greeting(Some("UNAVAILABLE"), SHUTDOWN_REASON);
     let mut n = 0u32;
-    while let Poll::Ready(Ok((stream, _))) = listener.poll_accept(&mut cx) {
-        let _ = stream.try_write(&bye);
+    // Non-blocking: WouldBlock once the queue is empty.  An accepted socket
+    // is blocking, but a fresh one's send buffer takes the BYE at once.
+    while let Ok((mut stream, _)) = listener.accept() {
+        let _ = stream.write(&bye);
         n += 1;
     }
     if n > 0 {

@@ -14,7 +14,9 @@
 //!    dropped, no client error, every reload counted.
 //! 5. SIGTERM: a 30 MB FETCH in flight completes byte for byte, then `* BYE`; idle and
 //!    not-yet-logged-in sessions get `* BYE` at once, so do connections still in the accept
-//!    queue; the process exits 0 within `shutdown_grace_secs`.
+//!    queue; the process exits 0 within `shutdown_grace_secs`.  When the grace period runs
+//!    out, a session with a command still in flight gets `* BYE` too; a second signal exits
+//!    at once.
 //!
 //! Client addresses: 127.0.0.0/8 is all local on Linux, so binding a client to 127.0.0.2,
 //! 127.0.0.3, … plays different clients with no setup.
