@@ -1,5 +1,5 @@
 //! The PROXY protocol (HAProxy, "The PROXY protocol, Versions 1 & 2",
-//! /work/shared/rfc/proxy-protocol.txt): parse the header a load balancer
+//! ../shared/rfc/proxy-protocol.txt): parse the header a load balancer
 //! puts in front of a client connection (§2.1 text v1, §2.2 binary v2), and
 //! write a v2 header for backends that accept one.  Pure: bytes in, header
 //! out.  Only accepted from `trusted_proxies` (§5, the caller's job).
