@@ -773,7 +773,8 @@ impl Client {
     /// rest of the response, joined (literal bytes decoded lossily).
     pub fn response(&mut self) -> String {
         let mut out = self.line();
-        while let Some(n) = literal_len(&out) {
+        let status = is_status_response(&out);
+        while let Some(n) = literal_len(&out).filter(|_| !status) {
             let lit = self.read_exact(n);
             out.push_str("\r\n");
             out.push_str(&String::from_utf8_lossy(&lit));
@@ -845,6 +846,19 @@ impl Client {
 }
 
 /// `n` when `line` ends with a literal announcement `{n}`, `{n+}` or `~{n}`.
+/// Whether a response's first line is a status response or a continuation
+/// request, which carry no literal (RFC 9051 §9) even when their text ends in
+/// `{n}` — the gateway's own framer makes the same distinction.
+pub fn is_status_response(line: &str) -> bool {
+    use imapgate::imap::response::{classify, Response, Untagged};
+    matches!(
+        classify(line.as_bytes()),
+        Ok(Response::Tagged { .. }
+            | Response::Continuation(_)
+            | Response::Untagged(Untagged::Status(..) | Untagged::Bye(_) | Untagged::Preauth(_)))
+    )
+}
+
 fn literal_len(line: &str) -> Option<usize> {
     let body = line.strip_suffix('}')?;
     let open = body.rfind('{')?;

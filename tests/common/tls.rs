@@ -409,7 +409,8 @@ impl TlsClient {
     /// One response: a line plus any literal it announces and the rest of the response.
     pub fn response(&mut self) -> String {
         let mut out = self.line();
-        while let Some(n) = literal_len(&out) {
+        let status = super::is_status_response(&out);
+        while let Some(n) = literal_len(&out).filter(|_| !status) {
             while self.buf.len() < n {
                 match self.fill() {
                     Ok(0) | Err(_) => panic!("connection to {} ended in a literal", self.port),
