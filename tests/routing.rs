@@ -450,6 +450,87 @@ fn dovecot_logs_the_real_client_ip_via_id_and_via_proxy_v2() {
     assert!(!gw.log().contains("backend down"), "{}", gw.log());
 }
 
+/// The backend's ID carries `x-proxy-ttl` (one less than ours) and, with
+/// `forward_client_id_fields`, the client's own ID fields but never its `x-*` ones, which
+/// would let a client choose the address Dovecot logs.  Read from Dovecot's `ID sent:` log
+/// line (the sandbox sets `imap_id_log = *`).
+#[test]
+fn the_client_id_fields_and_the_proxy_ttl_reach_dovecot() {
+    let dovecot = Dovecot::start();
+    let base = gateway_config(common::free_port(), dovecot.port(), &dovecot.users_file());
+    let id_line = |user: &str| {
+        login_line(&dovecot, user);
+        // imap-login logs the ID just before the login it came with.
+        let log = dovecot.log();
+        let mut id = None;
+        for l in log.lines() {
+            if l.contains("ID sent:") {
+                id = Some(l);
+            } else if l.contains(&format!("Login: user=<{user}>,")) {
+                break;
+            }
+        }
+        id.unwrap_or_else(|| panic!("no ID line for {user}:\n{log}"))
+            .to_string()
+    };
+    let client_id = "(\"name\" \"testmail\" \"version\" \"2.1\" \"x-originating-ip\" \"192.0.2.66\" \"X-Proxy-TTL\" \"9\")";
+    for (user, password, forward) in [("alice", "wonderland", true), ("bob", "builder", false)] {
+        let config = base.replacen(
+            "name = \"dovecot\"",
+            &format!("name = \"dovecot\"\nforward_client_id_fields = {forward}"),
+            1,
+        );
+        let gw = Gateway::start(&config);
+        let mut c = Client::connect(gw.port());
+        c.greeting();
+        c.send(&format!("i ID {client_id}\r\n"));
+        c.expect_ok("i");
+        c.send(&format!("l LOGIN {user} {password}\r\n"));
+        c.expect_ok("l");
+        c.send("z LOGOUT\r\n");
+        c.expect_bye();
+
+        let line = id_line(user);
+        // Ours: the real address, and one hop less than the default 5 (the client's 9 is
+        // higher, so ours stands).
+        assert!(line.contains("x-originating-ip=127.0.0.1"), "{line}");
+        assert!(line.contains("x-proxy-ttl=4"), "{line}");
+        assert!(!line.contains("192.0.2.66"), "{line}");
+        assert!(!line.to_ascii_lowercase().contains("ttl=9"), "{line}");
+        assert_eq!(line.contains("name=testmail"), forward, "{line}");
+        assert_eq!(line.contains("version=2.1"), forward, "{line}");
+        assert!(login_line(&dovecot, user).contains("rip=127.0.0.1,"));
+    }
+}
+
+/// Loop guard: a gateway whose backend is itself.  Each pass lowers `x-proxy-ttl` by one;
+/// the session that arrives with 0 is refused, and the client gets `NO [UNAVAILABLE]`
+/// instead of a chain of connections without end.
+#[test]
+fn a_proxy_loop_is_refused() {
+    let dovecot = Dovecot::start();
+    let listen = common::free_port();
+    // The backend address is the gateway's own listener.
+    let config = gateway_config(listen, listen, &dovecot.users_file());
+    let gw = Gateway::start(&config);
+    let mut c = Client::connect(gw.port());
+    c.greeting();
+    c.send("l LOGIN alice wonderland\r\n");
+    let no = c.expect_no("l");
+    assert!(no.starts_with("l NO [UNAVAILABLE]"), "{no}");
+    assert!(no.contains("Proxy loop"), "{no}");
+    let log = gw.log();
+    // Five hops (ttl 5 → 0), then the refusal, once.
+    assert_eq!(
+        log.matches("proxying appears to be looping").count(),
+        1,
+        "{log}"
+    );
+    // The gateway still serves: the refused chain left nothing behind.
+    c.send("c CAPABILITY\r\n");
+    c.expect_ok("c");
+}
+
 // ---------------------------------------------------------------------------------------
 // Done when 4
 
@@ -539,6 +620,94 @@ fn master_user_login_is_invisible_to_the_client() {
             !gw.log().contains(MASTER_PASSWORD),
             "{method}: the master password is in the gateway log"
         );
+    }
+}
+
+/// Issue 6: a master user at the edge (`auth.master_users`).  `support` logs in with its
+/// own password and PLAIN's authorization identity `alice`: the session is alice's, and
+/// the gateway reaches Dovecot with its master login for alice.  The same request from a
+/// user who is not a master gets `NO [AUTHORIZATIONFAILED]`, and a master with a wrong
+/// password `NO [AUTHENTICATIONFAILED]`; neither reaches Dovecot.
+#[test]
+fn a_master_user_at_the_edge_acts_for_another_user() {
+    let dovecot = Dovecot::builder()
+        .master_user(MASTER, MASTER_PASSWORD)
+        .user("support", "helpdesk")
+        .start();
+    {
+        let mut d = Client::connect(dovecot.port());
+        d.greeting();
+        d.send("l LOGIN alice wonderland\r\n");
+        d.expect_ok("l");
+        d.send("a APPEND INBOX {25+}\r\nSubject: hi alice\r\n\r\nhi\r\n\r\n");
+        d.expect_ok("a");
+    }
+    let config =
+        gateway_config(common::free_port(), dovecot.port(), &dovecot.users_file()).replacen(
+            "name = \"dovecot\"",
+            &format!(
+                "name = \"dovecot\"\nmaster_user = \"{MASTER}\"\n\
+                 master_password = \"{MASTER_PASSWORD}\""
+            ),
+            1,
+        ) + "\n[auth]\nmaster_users = [\"support\"]\n";
+    let gw = Gateway::start(&config);
+    let plain = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+    let count = |what: &str| dovecot.log().matches(what).count();
+    let masters_before = count("Master user logging in as alice");
+
+    let mut c = Client::connect(gw.port());
+    c.greeting();
+    // bob is no master: refused although his password is right.
+    c.send(&format!(
+        "b AUTHENTICATE PLAIN {}\r\n",
+        plain("alice\0bob\0builder")
+    ));
+    let no = c.expect_no("b");
+    assert!(no.starts_with("b NO [AUTHORIZATIONFAILED]"), "{no}");
+    // The master with a wrong password.
+    c.send(&format!(
+        "w AUTHENTICATE PLAIN {}\r\n",
+        plain("alice\0support\0wrong")
+    ));
+    let no = c.expect_no("w");
+    assert!(no.starts_with("w NO [AUTHENTICATIONFAILED]"), "{no}");
+    // The master with its password: alice's session.
+    c.send(&format!(
+        "m AUTHENTICATE PLAIN {}\r\n",
+        plain("alice\0support\0helpdesk")
+    ));
+    c.expect_ok("m");
+    c.send("s SELECT INBOX\r\n");
+    let selected = c.expect_ok("s").join("\n");
+    assert!(selected.contains("* 1 EXISTS"), "alice's INBOX: {selected}");
+    c.send("f FETCH 1 (BODY[HEADER.FIELDS (SUBJECT)])\r\n");
+    let fetched = c.expect_ok("f").join("\n");
+    assert!(fetched.contains("hi alice"), "{fetched}");
+    c.send("z LOGOUT\r\n");
+    c.expect_bye();
+
+    assert!(
+        eventually(WAIT, || count("Master user logging in as alice")
+            == masters_before + 1),
+        "{}",
+        dovecot.log()
+    );
+    // The audit lines name both users, and the refusal's reason.
+    let log = gw.log();
+    assert!(
+        log.lines().any(|l| l.contains("user=\"support\"")
+            && l.contains("authz_user=Some(\"alice\")")
+            && l.contains("result=\"ok\"")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("user=\"bob\"") && l.contains("result=\"authz_denied\"")),
+        "{log}"
+    );
+    for secret in ["helpdesk", "builder", MASTER_PASSWORD] {
+        assert!(!log.contains(secret), "{secret:?} in the gateway log");
     }
 }
 

@@ -195,6 +195,11 @@ pub struct BackendConfig {
     /// LOGIN (Dovecot trusts it from `login_trusted_networks`).
     #[serde(default = "default_true")]
     pub forward_client_id: bool,
+    /// With `forward_client_id`: also pass on the fields of the client's
+    /// own ID command (name, version, os…; Dovecot's `imap_id_retain`),
+    /// never its `x-*` fields, which only the gateway sets.
+    #[serde(default)]
+    pub forward_client_id_fields: bool,
     /// Start each backend connection with a PROXY protocol v2 header
     /// carrying the client's address (Dovecot: `haproxy = yes` on the
     /// imap listener and the gateway in `haproxy_trusted_networks`).
@@ -356,6 +361,13 @@ pub struct AuthConfig {
     pub hash_queue: usize,
     pub cache: AuthCacheConfig,
     pub brute_force: BruteForceConfig,
+    /// Users (canonical passdb names) who may log in for another user with
+    /// AUTHENTICATE PLAIN's authorization identity (RFC 4616 §2), e.g. a
+    /// support or migration account.  The session is then the other
+    /// user's, and the gateway logs in to the backend for it as the
+    /// backend's master user.  Anyone else asking gets
+    /// `NO [AUTHORIZATIONFAILED]`.
+    pub master_users: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -365,6 +377,7 @@ impl Default for AuthConfig {
             hash_queue: 64,
             cache: AuthCacheConfig::default(),
             brute_force: BruteForceConfig::default(),
+            master_users: Vec::new(),
         }
     }
 }
@@ -484,6 +497,11 @@ pub struct LimitsConfig {
     pub backend_connect_timeout_secs: u64,
     /// Time allowed for the backend to answer LOGIN.
     pub backend_login_timeout_secs: u64,
+    /// Proxies a session may still cross (Dovecot's loop guard): the
+    /// backend's ID gets `x-proxy-ttl` one less than this, or than the
+    /// client's own `x-proxy-ttl` when that is lower (a proxy in front of
+    /// us); a session that arrives with 0 is refused as a proxy loop.
+    pub proxy_ttl: u32,
 }
 
 impl Default for LimitsConfig {
@@ -507,6 +525,8 @@ impl Default for LimitsConfig {
             shutdown_grace_secs: 30,
             backend_connect_timeout_secs: 10,
             backend_login_timeout_secs: 30,
+            // Dovecot's own starting value.
+            proxy_ttl: 5,
         }
     }
 }
@@ -747,11 +767,22 @@ impl Config {
                     ),
                 ));
             }
+            // Sessions without the user's own password are logged in to
+            // the backend as its master user.
             if !self.preauth.is_empty() && !has_master {
                 return Err(invalid(
                     "backend.master_user",
                     format!(
                         "backend {:?}: [[preauth]] rules need a master user on every backend",
+                        b.name
+                    ),
+                ));
+            }
+            if !self.auth.master_users.is_empty() && !has_master {
+                return Err(invalid(
+                    "backend.master_user",
+                    format!(
+                        "backend {:?}: auth.master_users need a master user on every backend",
                         b.name
                     ),
                 ));

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::config::MasterMethod;
 use crate::config::TlsMode;
+use crate::imap::command::IdParams;
 use crate::imap::encode::{self, LiteralMode};
 use crate::imap::response::{classify, Code, Response, Status, Untagged};
 use crate::imap::{Frame, Framer, Limits, Secret};
@@ -109,6 +110,50 @@ pub struct ClientMeta {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub session_id: String,
+    /// Proxies this session may still cross; the backend gets one less
+    /// (`x-proxy-ttl`).  See [`proxy_ttl`].
+    pub proxy_ttl: u32,
+    /// The client's own ID fields to pass on (see [`forwardable_id_fields`]);
+    /// sent only to backends with `forward_client_id_fields`.
+    pub client_fields: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// The hops left for a session: ours (`limits.proxy_ttl`), or the
+/// `x-proxy-ttl` a proxy in front of us sent in its ID if that is lower.
+/// Taken from anyone: a client can only lower its own budget.  0 means the
+/// session went round a loop of proxies (Dovecot refuses it the same way).
+pub fn proxy_ttl(client_id: &IdParams, ours: u32) -> u32 {
+    client_id
+        .iter()
+        .flatten()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"x-proxy-ttl"))
+        .filter_map(|(_, value)| std::str::from_utf8(value.as_deref()?).ok()?.parse().ok())
+        .fold(ours, u32::min)
+}
+
+/// RFC 2971 §3.3: at most 30 field-value pairs, names of at most 30 octets,
+/// values of at most 1024.
+const ID_MAX_FIELDS: usize = 30;
+const ID_MAX_NAME: usize = 30;
+const ID_MAX_VALUE: usize = 1024;
+/// The fields the gateway itself sends (see `login`).
+const ID_OWN_FIELDS: usize = 6;
+
+/// The client's ID fields that may go on to a backend: never `x-*` (the
+/// gateway's own, which the backend trusts), and within RFC 2971's limits
+/// together with the gateway's fields.
+pub fn forwardable_id_fields(client_id: &IdParams) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    client_id
+        .iter()
+        .flatten()
+        .filter(|(name, value)| {
+            !name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case(b"x-"))
+                && name.len() <= ID_MAX_NAME
+                && value.as_ref().is_none_or(|v| v.len() <= ID_MAX_VALUE)
+        })
+        .take(ID_MAX_FIELDS - ID_OWN_FIELDS)
+        .cloned()
+        .collect()
 }
 
 /// Timeouts for the two phases.
@@ -357,14 +402,21 @@ async fn login(
         let peer_port = meta.peer.port().to_string();
         let local_ip = meta.local.ip().to_string();
         let local_port = meta.local.port().to_string();
-        let fields: [(&[u8], Option<&[u8]>); 5] = [
+        let ttl = meta.proxy_ttl.saturating_sub(1).to_string();
+        let own: [(&[u8], Option<&[u8]>); ID_OWN_FIELDS] = [
             (b"x-originating-ip", Some(peer_ip.as_bytes())),
             (b"x-originating-port", Some(peer_port.as_bytes())),
             (b"x-connected-ip", Some(local_ip.as_bytes())),
             (b"x-connected-port", Some(local_port.as_bytes())),
             (b"x-session-ext-id", Some(meta.session_id.as_bytes())),
+            (b"x-proxy-ttl", Some(ttl.as_bytes())),
         ];
-        first.extend(encode::id_command("G1", fields.into_iter()));
+        let client = meta
+            .client_fields
+            .iter()
+            .filter(|_| backend.forward_client_id_fields)
+            .map(|(k, v)| (k.as_slice(), v.as_deref()));
+        first.extend(encode::id_command("G1", own.into_iter().chain(client)));
     }
     let cmd = auth.command(has);
     let mut parts = cmd.parts.into_iter();
@@ -530,4 +582,51 @@ pub fn printable(line: &[u8]) -> String {
     let s = String::from_utf8_lossy(line);
     let s = s.trim_end_matches(['\r', '\n']);
     s.chars().take(200).flat_map(char::escape_default).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{forwardable_id_fields, proxy_ttl};
+
+    fn id(fields: &[(&str, Option<&str>)]) -> crate::imap::command::IdParams {
+        Some(
+            fields
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_client_can_only_lower_the_ttl() {
+        assert_eq!(proxy_ttl(&None, 5), 5);
+        assert_eq!(proxy_ttl(&id(&[("X-Proxy-TTL", Some("2"))]), 5), 2);
+        assert_eq!(proxy_ttl(&id(&[("x-proxy-ttl", Some("9"))]), 5), 5);
+        assert_eq!(proxy_ttl(&id(&[("x-proxy-ttl", Some("0"))]), 5), 0);
+        // Not a number, or no value: ignored.
+        assert_eq!(proxy_ttl(&id(&[("x-proxy-ttl", Some("-1"))]), 5), 5);
+        assert_eq!(proxy_ttl(&id(&[("x-proxy-ttl", None)]), 5), 5);
+    }
+
+    #[test]
+    fn forwarded_fields_skip_x_fields_and_keep_rfc_2971_limits() {
+        let long_name = "n".repeat(31);
+        let long_value = "v".repeat(1025);
+        let fields = forwardable_id_fields(&id(&[
+            ("name", Some("mutt")),
+            ("X-Originating-IP", Some("192.0.2.1")),
+            ("x-proxy-ttl", Some("9")),
+            (&long_name, Some("x")),
+            ("os", Some(&long_value)),
+            ("version", None),
+        ]));
+        let names: Vec<&[u8]> = fields.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(names, [&b"name"[..], b"version"]);
+
+        let many: Vec<(String, Option<&str>)> =
+            (0..40).map(|i| (format!("f{i}"), Some("v"))).collect();
+        let many: Vec<(&str, Option<&str>)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        // With the gateway's 6 fields: 30 in all.
+        assert_eq!(forwardable_id_fields(&id(&many)).len(), 24);
+    }
 }

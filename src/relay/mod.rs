@@ -19,11 +19,11 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth::{preauth, ClientFacts, Credentials, Failure, Outcome, TlsFacts, UserInfo};
 use crate::config::{BackendLogin, TlsMode};
-use crate::imap::command::{parse_command, parse_command_head, ParseError};
+use crate::imap::command::{parse_command, parse_command_head, IdParams, ParseError};
 use crate::imap::encode;
 use crate::imap::{Command, CommandBody, Frame, FrameError, Framer, Limits, Secret};
 use crate::metrics::{self, StateGauge};
@@ -230,7 +230,7 @@ async fn pre_authenticate(
         user,
         ..UserInfo::default()
     };
-    match open_backend(&info, Creds::Preauth, conn, runtime).await {
+    match open_backend(&info, Creds::MasterOnly, &None, conn, runtime).await {
         Ok(backend) => {
             info!(user = ?info.user, backend = %backend.name, result = "ok", mechanism = "PREAUTH", "auth");
             let greeting =
@@ -497,7 +497,8 @@ async fn not_authenticated(
                             attempt: attempts,
                             tls: client.tls_connection().map(|c| TlsFacts::of(c, asks_cert)),
                         };
-                        let (result, backend, close) = log_in(&req, conn, runtime, &facts).await;
+                        let (result, backend, close) =
+                            log_in(&req, session.client_id(), conn, runtime, &facts).await;
                         let actions = session.login_finished(result);
                         for a in actions {
                             match a {
@@ -600,6 +601,7 @@ fn limit_reply(e: FrameError, input: &[u8], replies: &mut Vec<u8>) -> bool {
 /// third value says to close the connection after the answer.
 async fn log_in(
     req: &LoginRequest,
+    client_id: &IdParams,
     conn: &Connection,
     runtime: &Runtime,
     client: &ClientFacts,
@@ -643,8 +645,27 @@ async fn log_in(
             return (Err(failure), None, close);
         }
     };
+    // PLAIN's authorization identity (RFC 4616 §2): a configured master
+    // user acting for another user.  The session is that user's; the
+    // backend gets its master login, as for PREAUTH.
+    let acting;
+    let (info, creds) = match &req.authzid {
+        None => (info, Creds::Client(&req.password)),
+        Some(target) if runtime.config.auth.master_users.contains(&info.user) => {
+            acting = UserInfo {
+                user: target.clone(),
+                ..UserInfo::default()
+            };
+            (&acting, Creds::MasterOnly)
+        }
+        Some(_) => {
+            count("authz_denied");
+            audit(req, client, &outcome, "authz_denied", "", started);
+            return (Err(LoginFailure::Authorization), None, false);
+        }
+    };
     tracing::Span::current().record("user", tracing::field::debug(&info.user));
-    match open_backend(info, Creds::Client(&req.password), conn, runtime).await {
+    match open_backend(info, creds, client_id, conn, runtime).await {
         Ok(backend) => {
             count(outcome.label());
             audit(req, client, &outcome, "ok", &backend.name, started);
@@ -681,6 +702,8 @@ fn audit(
 ) {
     info!(
         user = ?req.username,
+        // Set when a master user logs in for another user.
+        authz_user = ?req.authzid,
         client_ip = %client.ip,
         mechanism = req.mechanism,
         passdb = outcome.passdb,
@@ -700,8 +723,9 @@ enum Creds<'a> {
     /// The password the client gave (used unless the backend is set to
     /// log in as master).
     Client(&'a Secret<Vec<u8>>),
-    /// No password: a PREAUTH session; only master logins are possible.
-    Preauth,
+    /// Not the user's own password (a PREAUTH session, or a master user
+    /// acting for the user): only the backend's master login will do.
+    MasterOnly,
 }
 
 /// Open and log in to the user's backend, trying the candidates in
@@ -710,10 +734,23 @@ enum Creds<'a> {
 async fn open_backend(
     info: &UserInfo,
     creds: Creds<'_>,
+    client_id: &IdParams,
     conn: &Connection,
     runtime: &Runtime,
 ) -> Result<BackendConn, LoginFailure> {
     let m = metrics::get();
+    let proxy_ttl = backend::proxy_ttl(client_id, runtime.config.limits.proxy_ttl);
+    if proxy_ttl == 0 {
+        // A proxy in front of us said no hops are left: the session has
+        // gone round a loop of proxies (Dovecot's `x-proxy-ttl` guard).
+        error!(user = ?info.user, "proxying appears to be looping (x-proxy-ttl reached 0); refusing");
+        m.backend_connect_failures
+            .with_label_values(&["-", "proxy_loop"])
+            .inc();
+        return Err(LoginFailure::Unavailable(
+            "Proxy loop detected; contact the administrator".into(),
+        ));
+    }
     let max = runtime.config.limits.max_sessions_per_user;
     let Some(user_permit) = crate::limits::UserSessions::get().admit(&info.user, max) else {
         info!(user = ?info.user, max, result = "limit", "session refused: too many sessions for this user");
@@ -725,6 +762,8 @@ async fn open_backend(
         peer: conn.peer,
         local: conn.local,
         session_id: format!("imapgate-{}", conn.id),
+        proxy_ttl,
+        client_fields: backend::forwardable_id_fields(client_id),
     };
     let limits = &runtime.config.limits;
     let timeouts = backend::Timeouts {
@@ -741,7 +780,7 @@ async fn open_backend(
             continue;
         }
         let auth = match (creds, candidate.login, &candidate.master) {
-            (_, BackendLogin::Master, Some(master)) | (Creds::Preauth, _, Some(master)) => {
+            (_, BackendLogin::Master, Some(master)) | (Creds::MasterOnly, _, Some(master)) => {
                 BackendAuth::Master {
                     user: info.backend_user.as_deref().unwrap_or(&info.user),
                     master,
@@ -753,8 +792,8 @@ async fn open_backend(
                 user: info.backend_user.as_deref().unwrap_or(&info.user),
                 password: info.backend_password.as_ref().unwrap_or(password),
             },
-            (Creds::Preauth, _, None) => {
-                warn!(backend = %candidate.name, "no master user configured; cannot pre-authenticate here");
+            (Creds::MasterOnly, _, None) => {
+                warn!(backend = %candidate.name, "no master user configured; cannot log in here without the user's password");
                 continue;
             }
         };

@@ -28,6 +28,8 @@ pub struct Backend {
     pub port: u16,
     pub weight: u32,
     pub forward_client_id: bool,
+    /// Also pass on the client's own ID fields (see the config key).
+    pub forward_client_id_fields: bool,
     /// Log in with the client's credentials or as the master user.
     pub login: BackendLogin,
     /// Master credentials, for `login = "master"` and PREAUTH sessions.
@@ -91,6 +93,7 @@ impl Router {
                     port,
                     weight: b.weight,
                     forward_client_id: b.forward_client_id,
+                    forward_client_id_fields: b.forward_client_id_fields,
                     login: b.login,
                     send_proxy_protocol: b.send_proxy_protocol,
                     max_connections: b.max_connections,
@@ -147,6 +150,10 @@ impl Router {
                     port,
                     weight: 1,
                     forward_client_id: self.backends.first().is_none_or(|b| b.forward_client_id),
+                    forward_client_id_fields: self
+                        .backends
+                        .first()
+                        .is_some_and(|b| b.forward_client_id_fields),
                     login: BackendLogin::Client,
                     master: None,
                     send_proxy_protocol: false,
@@ -217,6 +224,7 @@ mod tests {
                         port: 143,
                         weight: *w,
                         forward_client_id: true,
+                        forward_client_id_fields: false,
                         login: BackendLogin::Client,
                         master: None,
                         send_proxy_protocol: false,

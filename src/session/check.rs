@@ -229,7 +229,7 @@ fn pre_login(s: &mut Session, model: &mut Model, input: &mut Input, op: u8) -> R
                     ));
                 }
                 // The relay answers at once; the fuzz input picks the outcome.
-                let result = match input.byte().unwrap_or(0) % 5 {
+                let result = match input.byte().unwrap_or(0) % 6 {
                     0 => Ok((pick_user(input), vec!["IMAP4rev1".into(), "IDLE".into()])),
                     1 => Err(LoginFailure::BadCredentials),
                     2 => Err(LoginFailure::Unavailable("down".into())),
@@ -237,7 +237,8 @@ fn pre_login(s: &mut Session, model: &mut Model, input: &mut Input, op: u8) -> R
                         code: Some("ALERT".into()),
                         text: "no\r\n* BYE forged".into(),
                     }),
-                    _ => Err(LoginFailure::Limit("too many".into())),
+                    4 => Err(LoginFailure::Limit("too many".into())),
+                    _ => Err(LoginFailure::Authorization),
                 };
                 let ok_user = result.as_ref().ok().map(|(u, _)| u.clone());
                 for a in s.login_finished(result) {

@@ -195,6 +195,9 @@ pub struct LoginRequest {
     pub mechanism: &'static str,
     pub username: String,
     pub password: Secret<Vec<u8>>,
+    /// PLAIN's authorization identity when it differs from `username`:
+    /// the user to act as, allowed for configured master users only.
+    pub authzid: Option<String>,
 }
 
 /// Why a login did not succeed; the session turns it into the reply.
@@ -208,6 +211,9 @@ pub enum LoginFailure {
     Backend { code: Option<String>, text: String },
     /// A per-user or other limit: `NO [LIMIT]`.
     Limit(String),
+    /// The user may not act as the authorization identity asked for:
+    /// `NO [AUTHORIZATIONFAILED]` (RFC 5530 §3).
+    Authorization,
 }
 
 /// What the relay must do, in order.
@@ -466,13 +472,32 @@ impl Session {
         username: Vec<u8>,
         password: Secret<Vec<u8>>,
     ) -> Vec<Action> {
-        let Ok(username) = String::from_utf8(username) else {
-            return vec![Action::Reply(encode::tagged(
-                &tag,
+        self.login_as(tag, mechanism, username, password, None)
+    }
+
+    fn login_as(
+        &mut self,
+        tag: Tag,
+        mechanism: &'static str,
+        username: Vec<u8>,
+        password: Secret<Vec<u8>>,
+        authzid: Option<Vec<u8>>,
+    ) -> Vec<Action> {
+        let failed = |tag: &Tag| {
+            vec![Action::Reply(encode::tagged(
+                tag,
                 Status::No,
                 Some("AUTHENTICATIONFAILED"),
                 "Authentication failed",
-            ))];
+            ))]
+        };
+        let Ok(username) = String::from_utf8(username) else {
+            return failed(&tag);
+        };
+        let authzid = match authzid.map(String::from_utf8) {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(_)) => return failed(&tag),
         };
         self.state = State::LoggingIn { tag: tag.clone() };
         vec![Action::Login(LoginRequest {
@@ -480,6 +505,7 @@ impl Session {
             mechanism,
             username,
             password,
+            authzid,
         })]
     }
 
@@ -582,16 +608,13 @@ impl Session {
                 else {
                     return self.bad(Some(&tag), "syntax", "Malformed PLAIN response");
                 };
-                if !authzid.is_empty() && authzid != authcid {
-                    return vec![Action::Reply(encode::tagged(
-                        &tag,
-                        Status::No,
-                        Some("AUTHORIZATIONFAILED"),
-                        "Authorization identity must match the authentication identity",
-                    ))];
-                }
+                // An authorization identity other than the authentication
+                // identity asks to act as another user (§2): only a master
+                // user may, which the relay decides once the password is
+                // verified.
+                let authzid = (!authzid.is_empty() && authzid != authcid).then(|| authzid.to_vec());
                 let (authcid, passwd) = (authcid.to_vec(), Secret::new(passwd.to_vec()));
-                self.login(tag, "PLAIN", authcid, passwd)
+                self.login_as(tag, "PLAIN", authcid, passwd, authzid)
             }
             Sasl::LoginUser => {
                 self.state = State::Authenticating {
@@ -639,6 +662,10 @@ impl Session {
                     LoginFailure::Unavailable(why) => (Some("UNAVAILABLE".to_owned()), why.clone()),
                     LoginFailure::Backend { code, text } => (code.clone(), text.clone()),
                     LoginFailure::Limit(why) => (Some("LIMIT".to_owned()), why.clone()),
+                    LoginFailure::Authorization => (
+                        Some("AUTHORIZATIONFAILED".to_owned()),
+                        "Not authorized to act as that user".to_owned(),
+                    ),
                 };
                 vec![Action::Reply(encode::tagged(
                     &tag,

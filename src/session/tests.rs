@@ -130,14 +130,31 @@ fn authenticate_login_mechanism_and_cancel() {
 }
 
 #[test]
-fn plain_authzid_must_match() {
+fn plain_authzid_goes_to_the_relay_and_its_refusal_is_authorizationfailed() {
     let mut s = Session::new(policy());
-    // "bob\0alice\0wonderland"
-    let (out, _) = c(
+    // "bob\0alice\0wonderland": alice asks to act as bob.
+    let (out, actions) = c(
         &mut s,
         "a AUTHENTICATE PLAIN Ym9iAGFsaWNlAHdvbmRlcmxhbmQ=\r\n",
     );
-    assert!(out.starts_with("a NO [AUTHORIZATIONFAILED]"), "{out}");
+    assert_eq!(out, "");
+    assert!(
+        matches!(&actions[0], Action::Login(r) if r.username == "alice" && r.authzid.as_deref() == Some("bob")),
+        "{actions:?}"
+    );
+    let actions = s.login_finished(Err(LoginFailure::Authorization));
+    assert_eq!(
+        written(&actions),
+        "a NO [AUTHORIZATIONFAILED] Not authorized to act as that user\r\n"
+    );
+    assert_eq!(s.state(), &State::NotAuthenticated);
+
+    // The same name twice is no request to act as anyone else.
+    let (_, actions) = c(
+        &mut s,
+        "b AUTHENTICATE PLAIN YWxpY2UAYWxpY2UAd29uZGVybGFuZA==\r\n",
+    );
+    assert!(matches!(&actions[0], Action::Login(r) if r.authzid.is_none()));
 }
 
 #[test]
