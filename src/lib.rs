@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod imap;
 pub mod limits;
+pub mod listeners;
 pub mod metrics;
 pub mod registry;
 pub mod relay;

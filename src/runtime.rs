@@ -68,13 +68,25 @@ impl Current {
         self.runtime.load_full()
     }
 
-    /// Read, validate and build the config file again, then swap.  On any
-    /// error the running config stays in force.
-    pub fn reload(&self) -> anyhow::Result<()> {
+    /// Read, validate and build the config file again, without touching
+    /// the running config (see [`Current::install`]).
+    pub fn prepare(&self) -> anyhow::Result<Runtime> {
         let config = Config::load(&self.path)?;
         let health = self.load().router.health().clone();
-        let runtime = Runtime::build_with(config, health)?;
-        self.runtime.store(Arc::new(runtime));
+        Runtime::build_with(config, health)
+    }
+
+    /// Swap `runtime` in: new sessions get it from now on.
+    pub fn install(&self, runtime: Runtime) -> Arc<Runtime> {
+        let runtime = Arc::new(runtime);
+        self.runtime.store(runtime.clone());
+        runtime
+    }
+
+    /// [`Current::prepare`] then [`Current::install`].  On any error the
+    /// running config stays in force.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        self.install(self.prepare()?);
         Ok(())
     }
 }

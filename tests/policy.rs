@@ -790,6 +790,83 @@ fn proxy_protocol_from_trusted_proxies_sets_the_client_address() {
 
 const SESSIONS: usize = 200;
 
+/// Listeners follow reloads: a removed address stops accepting while its session goes on,
+/// a new one serves at once, and an address that cannot be bound fails the whole reload
+/// (counted, nothing changed).
+#[test]
+fn listeners_follow_reloads() {
+    let dovecot = Dovecot::start();
+    let [a, b, c, admin] = obs::ports();
+    let conf = |listeners: String| Conf {
+        listeners,
+        ..Conf::default()
+    };
+    let gw = start(&conf(listener("first", a, "")), &dovecot, admin);
+    let reload = |listeners: String| {
+        fs::write(gw.config_path(), conf(listeners).render(&dovecot, admin)).expect("write");
+        http(admin, "POST", "/api/reload", Some(TOKEN), None)
+    };
+    let log_in = |port: u16| {
+        let mut s = Client::connect(port);
+        assert!(s.greeting().starts_with("* OK"));
+        s.send("l LOGIN alice wonderland\r\n");
+        s.expect_ok("l");
+        s
+    };
+    let mut on_a = log_in(a);
+    on_a.send("s SELECT INBOX\r\n");
+    on_a.expect_ok("s");
+
+    // `first` (a) removed, `second` (b) added.
+    let r = reload(listener("second", b, ""));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        eventually(WAIT, || std::net::TcpStream::connect(("127.0.0.1", a))
+            .is_err()),
+        "port {a} still accepts after its listener was removed"
+    );
+    let mut on_b = log_in(b);
+    on_b.send("n NOOP\r\n");
+    on_b.expect_ok("n");
+    // The session on the removed listener goes on.
+    on_a.send("n NOOP\r\n");
+    on_a.expect_ok("n");
+    assert!(
+        metric(
+            admin,
+            "imapgate_connections_accepted_total",
+            &[("listener", "second")]
+        ) >= 1.0
+    );
+
+    // c is taken by someone else: the reload fails whole, b keeps serving, c is not ours.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", c)).expect("bind c");
+    let r = reload(listener("second", b, "") + &listener("third", c, ""));
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("cannot bind"), "{}", r.body);
+    assert_eq!(
+        metric(
+            admin,
+            "imapgate_config_reloads_total",
+            &[("result", "failed")]
+        ),
+        1.0
+    );
+    drop(squatter);
+    log_in(b);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", c)).is_err());
+
+    // Now it can be bound: both serve.
+    let r = reload(listener("second", b, "") + &listener("third", c, ""));
+    assert_eq!(r.status, 200, "{}", r.body);
+    log_in(c);
+    log_in(b);
+    on_a.send("z LOGOUT\r\n");
+    on_a.expect_bye();
+    on_b.send("z LOGOUT\r\n");
+    on_b.expect_bye();
+}
+
 #[test]
 fn reloads_under_load_drop_no_session() {
     const USERS: usize = 20;

@@ -49,8 +49,8 @@ pub struct Config {
     pub base_dir: PathBuf,
 }
 
-/// One client-facing listener.  Restart-only: changing listeners needs a
-/// restart (see README).
+/// One client-facing listener, identified by its address across reloads
+/// (see `crate::listeners`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
