@@ -2,6 +2,11 @@
 //! admission before anything else, then a session task per connection
 //! (see [`crate::relay`]).
 //!
+//! A connection is accepted as a plain socket and handed to the runtime's
+//! reactor only once admitted: a refusal is one write and a close, with no
+//! reactor registration to make and undo (two system calls of the five a
+//! refusal would otherwise cost under a flood).
+//!
 //! The set follows the config: on every reload a new address is bound (a
 //! failure rejects the reload, nothing changes), an address no longer
 //! configured stops accepting (its accept queue is answered `* BYE`; its
@@ -15,10 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::{TcpListener, TcpStream};
+use prometheus::IntCounter;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::{Config, ProxyProtocol};
 use crate::limits::{proxy_protocol, Admission, Refusal};
@@ -103,17 +110,10 @@ impl Listeners {
                 .iter()
                 .find(|l| l.address == address)
                 .map_or("", |l| l.name.as_str());
-            let listener = match TcpListener::from_std(socket) {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(listener = %name, address = %address, error = %e, "cannot register the listening socket");
-                    continue;
-                }
-            };
             info!(listener = %name, address = %address, "listening");
             metrics.connections_accepted.with_label_values(&[name]);
             let (stop, stopped) = watch::channel(Stop::Running);
-            let task = tokio::spawn(accept_loop(listener, address, self.shared.clone(), stopped));
+            let task = tokio::spawn(accept_loop(socket, address, self.shared.clone(), stopped));
             self.loops.insert(address, AcceptLoop { stop, task });
         }
         self.loops.retain(|address, l| {
@@ -141,12 +141,42 @@ impl Listeners {
 /// Connections accepted before the accept loop lets other tasks run.
 const ACCEPT_BATCH: u32 = 8;
 
+/// Accept without handing the socket to the runtime yet: a refused
+/// connection is only written to and closed, and registering it with the
+/// reactor (and removing it again) would double the system calls a
+/// refusal costs under a flood.
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        // WouldBlock clears the readiness and waits again.
+        if let Ok(result) = ready.try_io(|l| l.get_ref().accept()) {
+            return result;
+        }
+    }
+}
+
 async fn accept_loop(
-    listener: TcpListener,
+    socket: std::net::TcpListener,
     address: SocketAddr,
     shared: Shared,
     mut stop: watch::Receiver<Stop>,
 ) {
+    // `AsyncFd::new` is deprecated because an arbitrary `T` may change or
+    // close its fd behind the reactor's back (tokio#8587); a
+    // `std::net::TcpListener` owns its fd for its whole life, which is
+    // exactly what the `unsafe` replacement asks the caller to promise (and
+    // this crate forbids `unsafe`).
+    #[allow(deprecated)]
+    let registered = AsyncFd::new(socket);
+    let listener = match registered {
+        Ok(l) => l,
+        Err(e) => {
+            error!(address = %address, error = %e, "cannot watch the listening socket; not accepting there");
+            return;
+        }
+    };
     let Shared {
         current,
         admission,
@@ -155,6 +185,7 @@ async fn accept_loop(
     // The listener's name as of the last connection (a reload may rename
     // it); kept to label connections without an allocation each.
     let mut name: Arc<str> = Arc::from("");
+    let mut refusals = Arc::new(Refusals::new(&name));
     let mut accepted_in_a_row = 0u32;
     loop {
         // Under a flood this loop never has to wait, and tokio lets a task
@@ -165,9 +196,9 @@ async fn accept_loop(
             tokio::task::yield_now().await;
         }
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = accept(&listener) => a,
             _ = stop.changed() => {
-                turn_away_queue(listener, &name, *stop.borrow());
+                turn_away_queue(listener.into_inner(), &name, *stop.borrow());
                 return;
             }
         };
@@ -188,16 +219,21 @@ async fn accept_loop(
             .find(|l| l.address == address)
         else {
             // Removed by a reload that has not stopped this loop yet.
-            let _ = stream.try_write(&Session::bye_greeting(Some("UNAVAILABLE"), CLOSING_REASON));
+            turn_away(
+                &stream,
+                &Session::bye_greeting(Some("UNAVAILABLE"), CLOSING_REASON),
+            );
             continue;
         };
         if *name != *config.name {
             name = Arc::from(config.name.as_str());
+            refusals = Arc::new(Refusals::new(&name));
         }
         let accepted = Accepted {
             name: name.clone(),
             admission: admission.clone(),
             next_id: next_id.clone(),
+            refusals: refusals.clone(),
         };
         if config.proxy_protocol == ProxyProtocol::Required {
             // PROXY protocol: only from trusted proxies (§5 of the spec);
@@ -213,7 +249,15 @@ async fn accept_loop(
             }
             let timeout = Duration::from_secs(config.proxy_protocol_timeout_secs);
             tokio::spawn(async move {
-                match read_proxy_header(&stream, timeout).await {
+                let Some(stream) = into_runtime(stream) else {
+                    return;
+                };
+                let header = read_proxy_header(&stream, timeout).await;
+                // Back to a plain socket for admission (which may refuse).
+                let Ok(stream) = stream.into_std() else {
+                    return;
+                };
+                match header {
                     Ok(Some((client, local))) => {
                         accepted.admit_and_serve(stream, client, Some(local), runtime)
                     }
@@ -235,11 +279,7 @@ async fn accept_loop(
 /// `* BYE` rather than leave it to a reset.  Accepts on the socket itself:
 /// the runtime's readiness flag may not have caught up with what the
 /// kernel has queued (e.g. right after the process resumed).
-fn turn_away_queue(listener: TcpListener, name: &str, why: Stop) {
-    use std::io::Write as _;
-    let Ok(listener) = listener.into_std() else {
-        return;
-    };
+fn turn_away_queue(listener: std::net::TcpListener, name: &str, why: Stop) {
     let reason = match why {
         Stop::Shutdown => SHUTDOWN_REASON,
         Stop::Removed | Stop::Running => CLOSING_REASON,
@@ -248,8 +288,8 @@ fn turn_away_queue(listener: TcpListener, name: &str, why: Stop) {
     let mut n = 0u32;
     // Non-blocking: WouldBlock once the queue is empty.  An accepted socket
     // is blocking, but a fresh one's send buffer takes the BYE at once.
-    while let Ok((mut stream, _)) = listener.accept() {
-        let _ = stream.write(&bye);
+    while let Ok((stream, _)) = listener.accept() {
+        turn_away(&stream, &bye);
         n += 1;
     }
     if n > 0 {
@@ -262,25 +302,52 @@ struct Accepted {
     name: Arc<str>,
     admission: Arc<Admission>,
     next_id: Arc<AtomicU64>,
+    refusals: Arc<Refusals>,
+}
+
+/// A listener's refusals, ready to send and count: the `* BYE` greeting
+/// and the rejection counter for each reason, and the arrow (3) counter.
+/// Built once per listener name; a flood is answered tens of thousands of
+/// times a second, and formatting plus label lookups would add up.
+struct Refusals {
+    by_reason: Vec<(IntCounter, Vec<u8>)>,
+    arrow: IntCounter,
+}
+
+impl Refusals {
+    fn new(listener: &str) -> Refusals {
+        let metrics = crate::metrics::get();
+        Refusals {
+            by_reason: Refusal::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        metrics
+                            .connections_rejected
+                            .with_label_values(&[listener, r.label()]),
+                        Session::bye_greeting(Some("UNAVAILABLE"), r.text()),
+                    )
+                })
+                .collect(),
+            arrow: metrics.transition(Arrow::ByeGreeting.number()),
+        }
+    }
 }
 
 impl Accepted {
     /// Arrow (3): count the refusal and greet `* BYE`.
-    fn refuse(&self, stream: &TcpStream, refusal: Refusal) {
-        let metrics = crate::metrics::get();
-        metrics
-            .connections_rejected
-            .with_label_values(&[&self.name, refusal.label()])
-            .inc();
-        metrics.arrow(Arrow::ByeGreeting.number());
-        turn_away(stream, refusal);
+    fn refuse(&self, stream: &std::net::TcpStream, refusal: Refusal) {
+        let (counter, bye) = &self.refusals.by_reason[refusal as usize];
+        counter.inc();
+        self.refusals.arrow.inc();
+        turn_away(stream, bye);
     }
 
     /// Admission for `client` (the socket's peer, or the address a PROXY
     /// header gave), then a session task.
     fn admit_and_serve(
         self,
-        stream: TcpStream,
+        stream: std::net::TcpStream,
         client: SocketAddr,
         local: Option<SocketAddr>,
         runtime: Arc<Runtime>,
@@ -323,7 +390,9 @@ impl Accepted {
         );
         tokio::spawn(
             async move {
-                relay::serve(stream, conn, runtime).await;
+                if let Some(stream) = into_runtime(stream) {
+                    relay::serve(stream, conn, runtime).await;
+                }
                 drop(permit);
             }
             .instrument(span),
@@ -375,8 +444,14 @@ async fn read_proxy_header(
 }
 
 /// Arrow (3): say why and close, without a task: a fresh socket's send
-/// buffer is empty, so one non-blocking write always fits the greeting.
-fn turn_away(stream: &TcpStream, refusal: Refusal) {
-    let bye = Session::bye_greeting(Some("UNAVAILABLE"), refusal.text());
-    let _ = stream.try_write(&bye);
+/// buffer is empty, so one write always takes the greeting at once.
+fn turn_away(mut stream: &std::net::TcpStream, bye: &[u8]) {
+    use std::io::Write as _;
+    let _ = stream.write(bye);
+}
+
+/// An accepted socket handed to the runtime (non-blocking, registered).
+fn into_runtime(stream: std::net::TcpStream) -> Option<TcpStream> {
+    stream.set_nonblocking(true).ok()?;
+    TcpStream::from_std(stream).ok()
 }

@@ -109,6 +109,15 @@ enum Scenario {
         probe: Option<SocketAddr>,
         #[arg(long, default_value_t = 4)]
         probe_sessions: usize,
+        /// Run the flooding connections in a child process at this nice
+        /// level (0: same priority).  On one machine the flood generator
+        /// competes with the gateway and the probe for the same cores; a
+        /// positive level makes it stand for load arriving from elsewhere.
+        #[arg(long, default_value_t = 0)]
+        nice: u8,
+        /// Internal: run as the flooding child; prints `REJECTED n`.
+        #[arg(long, hide = true)]
+        child: bool,
     },
 }
 
@@ -140,7 +149,20 @@ fn main() -> ExitCode {
                 concurrency,
                 probe,
                 probe_sessions,
-            } => flood(common, concurrency, probe, probe_sessions).await,
+                nice,
+                child: true,
+            } => {
+                let _ = (probe, probe_sessions, nice);
+                flood_child(common, concurrency).await
+            }
+            Scenario::Flood {
+                common,
+                concurrency,
+                probe,
+                probe_sessions,
+                nice,
+                child: false,
+            } => flood(common, concurrency, probe, probe_sessions, nice).await,
         }
     });
     match result {
@@ -552,11 +574,64 @@ async fn flood(
     concurrency: usize,
     probe: Option<SocketAddr>,
     probe_sessions: usize,
+    nice: u8,
 ) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
     let probe_target = probe.unwrap_or(common.target);
     // Unloaded probe latency first, then under the flood.
     let quiet = probe_latency(&common, probe_target, probe_sessions, 1.0).await?;
+    // The flood runs in a child process (at `nice`), the probe here.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = tokio::process::Command::new("nice");
+    cmd.args(["-n", &nice.to_string()]).arg(&exe).args([
+        "flood",
+        "--child",
+        "--target",
+        &common.target.to_string(),
+        "--seconds",
+        &common.seconds.to_string(),
+        "--concurrency",
+        &concurrency.to_string(),
+    ]);
+    if !common.sources.is_empty() {
+        let s: Vec<String> = common.sources.iter().map(ToString::to_string).collect();
+        cmd.args(["--sources", &s.join(",")]);
+    }
+    cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("starting the flood: {e}"))?;
+    let loaded = probe_latency(&common, probe_target, probe_sessions, common.seconds).await?;
+    let out = child.wait_with_output().await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (rejected, secs) = text
+        .lines()
+        .find_map(|l| {
+            let mut w = l.strip_prefix("REJECTED ")?.split(' ');
+            Some((
+                w.next()?.parse::<u64>().ok()?,
+                w.next()?.parse::<f64>().ok()?,
+            ))
+        })
+        .ok_or_else(|| format!("the flood child said: {text:?}"))?;
+    let rate = rejected as f64 / secs;
+    report(
+        "flood",
+        &common.label,
+        &[
+            ("rejections_per_sec", rate),
+            ("probe_p99_quiet_us", quiet),
+            ("probe_p99_loaded_us", loaded),
+            ("flood_nice", f64::from(nice)),
+        ],
+        format!("{rate:.0} BYE rejections/s; admitted NOOP p99 {quiet:.0} µs quiet → {loaded:.0} µs under flood (flood at nice {nice})"),
+    );
+    Ok(())
+}
+
+/// The flooding side: `concurrency` tasks connect, read the greeting and
+/// drop the connection, for `seconds`; prints `REJECTED count seconds`.
+async fn flood_child(common: Common, concurrency: usize) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
     let rejections = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for i in 0..concurrency {
@@ -573,6 +648,10 @@ async fn flood(
                 if socket.bind(SocketAddr::new(src, 0)).is_err() {
                     continue;
                 }
+                // Dropped the way a flooding client drops: a reset, no
+                // orderly close (and no TIME_WAIT left on either side to
+                // exhaust the source ports).
+                let _ = socket.set_zero_linger();
                 let Ok(mut s) = socket.connect(target).await else {
                     continue;
                 };
@@ -585,23 +664,14 @@ async fn flood(
         }));
     }
     let start = Instant::now();
-    let loaded = probe_latency(&common, probe_target, probe_sessions, common.seconds).await?;
+    tokio::time::sleep(Duration::from_secs_f64(common.seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let secs = start.elapsed().as_secs_f64();
+    let n = rejections.load(Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
-    let rate = rejections.load(Ordering::Relaxed) as f64 / secs;
-    report(
-        "flood",
-        &common.label,
-        &[
-            ("rejections_per_sec", rate),
-            ("probe_p99_quiet_us", quiet),
-            ("probe_p99_loaded_us", loaded),
-        ],
-        format!("{rate:.0} BYE rejections/s; admitted NOOP p99 {quiet:.0} µs quiet → {loaded:.0} µs under flood"),
-    );
+    println!("REJECTED {n} {secs}");
     Ok(())
 }
 

@@ -30,6 +30,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason, in declaration order (`r as usize` indexes it).
+    pub const ALL: [Refusal; 5] = [
+        Refusal::MaxConnections,
+        Refusal::PerIpConnections,
+        Refusal::PerIpRate,
+        Refusal::Overload,
+        Refusal::ProxyProtocol,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Refusal::MaxConnections => "max_connections",

@@ -354,14 +354,42 @@ impl Metrics {
     }
 
     pub fn arrow(&self, number: u8) {
-        self.transitions
-            .with_label_values(&[arrow_label(number)])
-            .inc();
+        self.transition(number).inc();
+    }
+
+    /// The counter of one arrow of the state diagram, to keep and
+    /// increment without a label lookup each time.
+    pub fn transition(&self, number: u8) -> prometheus::IntCounter {
+        self.transitions.with_label_values(&[arrow_label(number)])
     }
 }
 
 fn arrow_label(number: u8) -> &'static str {
     ["0", "1", "2", "3", "4", "5", "6", "7"][usize::from(number.min(7))]
+}
+
+/// `imapgate_commands_total{command,state}` for one session, remembering
+/// the last series used: a session repeats the same command in the same
+/// state (NOOP, FETCH, IDLE…), and a label lookup hashes both strings and
+/// takes the family's lock on every command.
+#[derive(Default)]
+pub struct CommandCounter {
+    last: Option<(&'static str, &'static str, prometheus::IntCounter)>,
+}
+
+impl CommandCounter {
+    pub fn inc(&mut self, command: &'static str, state: &'static str) {
+        match &self.last {
+            Some((c, s, counter)) if std::ptr::eq(*c, command) && std::ptr::eq(*s, state) => {
+                counter.inc()
+            }
+            _ => {
+                let counter = get().commands.with_label_values(&[command, state]);
+                counter.inc();
+                self.last = Some((command, state, counter));
+            }
+        }
+    }
 }
 
 /// Tracks one session's contribution to `imapgate_sessions{state}`: moves

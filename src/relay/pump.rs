@@ -172,6 +172,7 @@ pub struct Pump<'s, C, B> {
     drain_pending: bool,
     /// The inactivity BYE is waiting for the backend's unit boundary.
     timeout_deferred: bool,
+    command_counter: metrics::CommandCounter,
 }
 
 impl<'s, C, B> Pump<'s, C, B>
@@ -219,6 +220,7 @@ where
             in_flight: 0,
             drain_pending: false,
             timeout_deferred: false,
+            command_counter: metrics::CommandCounter::default(),
         }
     }
 
@@ -510,13 +512,8 @@ where
                     } else {
                         self.session.client_command(bytes, sync)
                     };
-                    metrics::get()
-                        .commands
-                        .with_label_values(&[
-                            self.session.last_command(),
-                            self.session.state().label(),
-                        ])
-                        .inc();
+                    self.command_counter
+                        .inc(self.session.last_command(), self.session.state().label());
                     match verdict {
                         Verdict::Forward => {
                             self.forwarding = true;
