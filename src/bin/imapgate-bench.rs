@@ -48,6 +48,46 @@ struct Common {
     /// Source addresses to spread connections over (127.0.0.x).
     #[arg(long, value_delimiter = ',')]
     sources: Vec<IpAddr>,
+    /// PIDs of the server's processes: `login`, `noop` and `fetch` then
+    /// also report their CPU time per operation (user + system), the
+    /// server's own cost apart from the load tool's and the backend's.
+    #[arg(long, value_delimiter = ',')]
+    cpu_pid: Vec<u32>,
+}
+
+/// CPU time (user + system) `pids` have used so far, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks: f64 = pids
+        .iter()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // proc(5): the fields after the command name, which is in
+            // parentheses and may hold spaces, start with field 3; utime
+            // and stime are fields 14 and 15.
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
+}
+
+/// The server's CPU time per operation since `before`, as a report field
+/// and a human suffix; nothing when no `--cpu-pid` was given.
+fn cpu_per_op(
+    common: &Common,
+    before: f64,
+    ops: f64,
+    unit: &str,
+) -> (Vec<(&'static str, f64)>, String) {
+    if common.cpu_pid.is_empty() || ops <= 0.0 {
+        return (Vec::new(), String::new());
+    }
+    let us = (cpu_seconds(&common.cpu_pid) - before) * 1e6 / ops;
+    (
+        vec![("server_cpu_us_per_op", us)],
+        format!("; server CPU {us:.1} µs per {unit}"),
+    )
 }
 
 #[derive(Debug, Subcommand)]
@@ -329,6 +369,7 @@ fn report(scenario: &str, label: &str, fields: &[(&str, f64)], human: String) {
 // ---------------------------------------------------------------- scenarios
 
 async fn login(common: Common, concurrency: usize) -> Result<()> {
+    let cpu_before = cpu_seconds(&common.cpu_pid);
     let deadline = Instant::now() + Duration::from_secs_f64(common.seconds);
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -364,17 +405,20 @@ async fn login(common: Common, concurrency: usize) -> Result<()> {
     all.sort();
     let rate = all.len() as f64 / common.seconds;
     let errors = errors.load(Ordering::Relaxed) as f64;
+    let (cpu, cpu_text) = cpu_per_op(&common, cpu_before, all.len() as f64, "session");
+    let mut fields = vec![
+        ("sessions_per_sec", rate),
+        ("p50_us", percentile(&all, 0.5)),
+        ("p99_us", percentile(&all, 0.99)),
+        ("errors", errors),
+    ];
+    fields.extend(cpu);
     report(
         "login",
         &common.label,
-        &[
-            ("sessions_per_sec", rate),
-            ("p50_us", percentile(&all, 0.5)),
-            ("p99_us", percentile(&all, 0.99)),
-            ("errors", errors),
-        ],
+        &fields,
         format!(
-            "{rate:.0} sessions/s, p50 {:.0} µs, p99 {:.0} µs, {errors} errors",
+            "{rate:.0} sessions/s, p50 {:.0} µs, p99 {:.0} µs, {errors} errors{cpu_text}",
             percentile(&all, 0.5),
             percentile(&all, 0.99)
         ),
@@ -383,6 +427,7 @@ async fn login(common: Common, concurrency: usize) -> Result<()> {
 }
 
 async fn noop(common: Common, sessions: usize) -> Result<()> {
+    let cpu_before = cpu_seconds(&common.cpu_pid);
     let deadline = Instant::now() + Duration::from_secs_f64(common.seconds);
     let mut tasks = Vec::new();
     for i in 0..sessions {
@@ -407,19 +452,23 @@ async fn noop(common: Common, sessions: usize) -> Result<()> {
     all.sort();
     let ops = all.len() as f64 / common.seconds;
     let max = all.last().map_or(0.0, |d| d.as_secs_f64() * 1e6);
+    // Includes the sessions' logins, a few against tens of thousands of NOOPs.
+    let (cpu, cpu_text) = cpu_per_op(&common, cpu_before, all.len() as f64, "NOOP");
+    let mut fields = vec![
+        ("sessions", sessions as f64),
+        ("ops_per_sec", ops),
+        ("p50_us", percentile(&all, 0.5)),
+        ("p90_us", percentile(&all, 0.9)),
+        ("p99_us", percentile(&all, 0.99)),
+        ("max_us", max),
+    ];
+    fields.extend(cpu);
     report(
         "noop",
         &common.label,
-        &[
-            ("sessions", sessions as f64),
-            ("ops_per_sec", ops),
-            ("p50_us", percentile(&all, 0.5)),
-            ("p90_us", percentile(&all, 0.9)),
-            ("p99_us", percentile(&all, 0.99)),
-            ("max_us", max),
-        ],
+        &fields,
         format!(
-            "{sessions} sessions: {ops:.0} ops/s, p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, max {max:.0} µs",
+            "{sessions} sessions: {ops:.0} ops/s, p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, max {max:.0} µs{cpu_text}",
             percentile(&all, 0.5),
             percentile(&all, 0.9),
             percentile(&all, 0.99)
@@ -432,6 +481,7 @@ async fn fetch(common: Common) -> Result<()> {
     let mut c = Client::connect(common.target, source(&common, 0)).await?;
     c.login(&common.user, &common.pass).await?;
     c.command("SELECT INBOX").await?;
+    let cpu_before = cpu_seconds(&common.cpu_pid);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(common.seconds);
     let mut bytes = 0u64;
@@ -443,15 +493,18 @@ async fn fetch(common: Common) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let _ = c.command("LOGOUT").await;
     let mbps = bytes as f64 / secs / 1e6;
+    let (cpu, cpu_text) = cpu_per_op(&common, cpu_before, bytes as f64 / 1e6, "MB");
+    let mut fields = vec![
+        ("mb_per_sec", mbps),
+        ("bytes", bytes as f64),
+        ("rounds", rounds as f64),
+    ];
+    fields.extend(cpu);
     report(
         "fetch",
         &common.label,
-        &[
-            ("mb_per_sec", mbps),
-            ("bytes", bytes as f64),
-            ("rounds", rounds as f64),
-        ],
-        format!("{mbps:.1} MB/s of literals ({rounds} rounds, {bytes} octets, lengths checked)"),
+        &fields,
+        format!("{mbps:.1} MB/s of literals ({rounds} rounds, {bytes} octets, lengths checked){cpu_text}"),
     );
     Ok(())
 }
