@@ -256,23 +256,35 @@ struct AuthService {
 
 impl AuthService {
     fn start(backend_port: u16, users: &str) -> AuthService {
+        AuthService::start_with(backend_port, users, None)
+    }
+
+    /// `tls`: serve https with this certificate and key.
+    fn start_with(
+        backend_port: u16,
+        users: &str,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> AuthService {
         let dir = tempdir("imapgate-authsvc-");
         let port_file = dir.path().join("port");
         let log = dir.path().join("requests.jsonl");
         let out = fs::File::create(dir.path().join("out")).unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.arg(common::repo().join("tests/clients/nginx_auth_http.py"))
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--log")
+            .arg(&log)
+            .arg("--backend-port")
+            .arg(backend_port.to_string())
+            .arg("--users")
+            .arg(users);
+        if let Some((cert, key)) = tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
         let proc = ProcessGroup::spawn(
             "nginx_auth_http.py",
-            Command::new("python3")
-                .arg(common::repo().join("tests/clients/nginx_auth_http.py"))
-                .arg("--port-file")
-                .arg(&port_file)
-                .arg("--log")
-                .arg(&log)
-                .arg("--backend-port")
-                .arg(backend_port.to_string())
-                .arg("--users")
-                .arg(users)
-                .env("PYTHONDONTWRITEBYTECODE", "1")
+            cmd.env("PYTHONDONTWRITEBYTECODE", "1")
                 .stdin(Stdio::null())
                 .stdout(out.try_clone().unwrap())
                 .stderr(out),
@@ -448,6 +460,67 @@ level = "trace"
 
 // ---------------------------------------------------------------------------------------
 // 3. Brute force
+
+/// The `http` passdb over https: the service's certificate is verified against
+/// `ca_file` (a login works and the request arrived intact); with the system roots
+/// instead, the handshake fails and the login gets `NO [UNAVAILABLE]`, never a
+/// password verdict.
+#[test]
+fn http_passdb_over_https_verifies_the_service() {
+    let dovecot = Dovecot::start();
+    let mut pki = common::tls::Pki::new("authsvc");
+    let (cert, key) = pki.server("authsvc", &["127.0.0.1"]);
+    let users = serde_json::json!({
+        "carol": {"password": "c4rol pw", "backend_user": "alice", "backend_pass": "wonderland"},
+    })
+    .to_string();
+    let svc = AuthService::start_with(dovecot.port(), &users, Some((&cert, &key)));
+    let ca = common::toml_str(pki.ca_file().to_str().expect("UTF-8 path"));
+    for (ca_line, works) in [(format!("ca_file = {ca}"), true), (String::new(), false)] {
+        let gw_port = free_port();
+        let config = format!(
+            r#"[[listener]]
+name = "imap"
+address = "127.0.0.1:{gw_port}"
+
+[[backend]]
+name = "unused"
+address = "127.0.0.1:{dead}"
+
+[[passdb]]
+type = "http"
+url = "https://127.0.0.1:{svc}/auth/imap"
+timeout_ms = 3000
+{ca_line}
+
+[auth.brute_force]
+enabled = false
+
+[log]
+level = "trace"
+"#,
+            dead = free_port(),
+            svc = svc.port
+        );
+        let gw = Gateway::start(&config);
+        let before = svc.requests().len();
+        let mut c = Imap::connect(gw.port());
+        let (answer, _) = c.auth_plain("a", "carol", "c4rol pw");
+        if works {
+            assert!(answer.starts_with("a OK"), "{answer}\n{}", gw.log());
+            c.send("s SELECT INBOX\r\n");
+            let selected = c.tagged("s");
+            assert!(selected.starts_with("s OK"), "{selected}");
+            let reqs = svc.requests();
+            assert_eq!(reqs.len(), before + 1);
+            assert_eq!(reqs[before]["password"], "c4rol pw");
+        } else {
+            assert!(answer.starts_with("a NO [UNAVAILABLE]"), "{answer}");
+            assert_eq!(svc.requests().len(), before, "a request got through");
+        }
+        assert_no_secret_in_log(&gw, &["c4rol pw", "c4rol%20pw", "wonderland"]);
+    }
+}
 
 #[test]
 fn brute_force_delays_then_refuses_per_address() {

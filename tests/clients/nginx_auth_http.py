@@ -6,6 +6,9 @@ credentials arrive percent-encoded in Auth-User / Auth-Pass, the answer is in
 headers only.  HTTP/1.1 with keep-alive (every response has a Content-Length).
 
     nginx_auth_http.py --port-file FILE --log FILE --backend-port N --users JSON
+                       [--tls-cert PEM --tls-key PEM]
+
+With --tls-cert/--tls-key it serves https (Python's stock ssl).
 
 --users is a JSON object {"login name": {"password": ..., "backend_user": ...,
 "backend_pass": ...}}.  Besides those, special login names:
@@ -41,6 +44,8 @@ def main():
     ap.add_argument("--log", required=True)
     ap.add_argument("--backend-port", type=int, required=True)
     ap.add_argument("--users", required=True)
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     args = ap.parse_args()
     users = json.loads(args.users)
 
@@ -99,6 +104,11 @@ def main():
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    if args.tls_cert:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     with open(args.port_file + ".tmp", "w") as f:
         f.write(str(server.server_address[1]))
     # Rename: the test never reads a half-written file.
