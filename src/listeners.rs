@@ -184,7 +184,15 @@ async fn accept_loop(
     } = shared;
     // The listener's name as of the last connection (a reload may rename
     // it); kept to label connections without an allocation each.
-    let mut name: Arc<str> = Arc::from("");
+    let mut name: Arc<str> = Arc::from(
+        current
+            .load()
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.address == address)
+            .map_or("", |l| l.name.as_str()),
+    );
     let mut refusals = Arc::new(Refusals::new(&name));
     let mut accepted_in_a_row = 0u32;
     loop {

@@ -237,6 +237,14 @@ fn prune(table: &mut HashMap<IpAddr, IpState>, now: Instant, limits: &LimitsConf
 mod tests {
     use super::*;
 
+    #[test]
+    fn refusal_all_is_in_declaration_order() {
+        // Listeners index their precomputed refusals by `r as usize`.
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+    }
+
     fn limits() -> LimitsConfig {
         LimitsConfig {
             max_connections: 5,
