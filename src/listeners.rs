@@ -23,6 +23,7 @@ use anyhow::Context as _;
 use prometheus::IntCounter;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
@@ -56,15 +57,18 @@ struct Shared {
     next_id: Arc<AtomicU64>,
 }
 
+/// One address's accept loops, one per worker, stopped together.
 struct AcceptLoop {
     stop: watch::Sender<Stop>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// The bound listeners, by address.
 pub struct Listeners {
     shared: Shared,
     loops: HashMap<SocketAddr, AcceptLoop>,
+    /// The runtimes that accept and serve sessions (see `crate::workers`).
+    workers: Vec<Handle>,
 }
 
 /// Sockets bound for a config, not serving yet: [`Listeners::bind_new`]
@@ -73,7 +77,12 @@ pub struct Listeners {
 pub struct Bound(Vec<(SocketAddr, std::net::TcpListener)>);
 
 impl Listeners {
-    pub fn new(current: Arc<Current>, admission: Arc<Admission>) -> Listeners {
+    /// Accept loops (and so sessions) will run on `workers`.
+    pub fn new(
+        current: Arc<Current>,
+        admission: Arc<Admission>,
+        workers: Vec<Handle>,
+    ) -> Listeners {
         Listeners {
             shared: Shared {
                 current,
@@ -81,6 +90,7 @@ impl Listeners {
                 next_id: Arc::new(AtomicU64::new(1)),
             },
             loops: HashMap::new(),
+            workers,
         }
     }
 
@@ -100,8 +110,8 @@ impl Listeners {
         Ok(Bound(bound))
     }
 
-    /// Serve the freshly bound sockets and stop the loops of addresses
-    /// `config` no longer has.  Runs inside the runtime.
+    /// Serve the freshly bound sockets (an accept loop on each worker) and
+    /// stop the loops of addresses `config` no longer has.
     pub fn commit(&mut self, bound: Bound, config: &Config) {
         let metrics = crate::metrics::get();
         for (address, socket) in bound.0 {
@@ -113,8 +123,23 @@ impl Listeners {
             info!(listener = %name, address = %address, "listening");
             metrics.connections_accepted.with_label_values(&[name]);
             let (stop, stopped) = watch::channel(Stop::Running);
-            let task = tokio::spawn(accept_loop(socket, address, self.shared.clone(), stopped));
-            self.loops.insert(address, AcceptLoop { stop, task });
+            let mut tasks = Vec::new();
+            for worker in &self.workers {
+                // Every worker watches the same listening socket; whichever
+                // is free takes the next connection.
+                match socket.try_clone() {
+                    Ok(socket) => tasks.push(worker.spawn(accept_loop(
+                        socket,
+                        address,
+                        self.shared.clone(),
+                        stopped.clone(),
+                    ))),
+                    Err(e) => {
+                        warn!(listener = %name, address = %address, error = %e, "cannot share the listening socket with a worker")
+                    }
+                }
+            }
+            self.loops.insert(address, AcceptLoop { stop, tasks });
         }
         self.loops.retain(|address, l| {
             let keep = config.listeners.iter().any(|c| c.address == *address);
@@ -133,7 +158,9 @@ impl Listeners {
             let _ = l.stop.send(Stop::Shutdown);
         }
         for l in loops {
-            let _ = l.task.await;
+            for task in l.tasks {
+                let _ = task.await;
+            }
         }
     }
 }

@@ -71,7 +71,9 @@ fn main() -> ExitCode {
         }
     };
     let current = Arc::new(Current::new(&path, runtime));
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // Signals, reloads, the admin listener and health checks; sessions run
+    // on the per-core workers (`imapgate::workers`).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

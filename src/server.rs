@@ -34,7 +34,12 @@ pub async fn run(current: Arc<Current>) -> anyhow::Result<()> {
     tokio::spawn(health_checks(current.clone()));
     let admission = Arc::new(Admission::default());
     {
-        let mut listeners = Listeners::new(current.clone(), admission.clone());
+        let workers = crate::workers::Workers::per_core()?;
+        let mut listeners = Listeners::new(
+            current.clone(),
+            admission.clone(),
+            workers.handles().to_vec(),
+        );
         let bound = listeners.bind_new(&runtime.config)?;
         listeners.commit(bound, &runtime.config);
         *lock_listeners() = Some(listeners);
