@@ -133,7 +133,9 @@ fn metric(text: &str, series: &str) -> f64 {
 /// or percent-encoded as sent to an auth service).
 fn assert_no_secret_in_log(gw: &Gateway, secrets: &[&str]) {
     let log = gw.log();
-    assert!(log.lines().count() > 10, "suspiciously short log:\n{log}");
+    // Even a gateway that served one refused login has written its listener,
+    // the connection, the command and the audit line.
+    assert!(log.lines().count() >= 5, "suspiciously short log:\n{log}");
     assert!(log.contains(" auth"), "no audit line in the log:\n{log}");
     for ir in SENT.lock().unwrap().iter() {
         assert!(

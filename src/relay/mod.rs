@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod pump;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,170 +49,179 @@ pub struct Connection {
 }
 
 /// Serve one accepted connection to the end.
-pub async fn serve(tcp: TcpStream, conn: Connection, runtime: Arc<Runtime>) {
-    let started = Instant::now();
-    let listener = runtime
-        .config
-        .listeners
-        .iter()
-        .find(|l| *l.name == *conn.listener)
-        .expect("connection from a configured listener");
-    let trusted = listener
-        .trusted_networks
-        .iter()
-        .any(|n| n.contains(&conn.peer.ip()));
-    let listener_tls = runtime.tls.listener(&conn.listener);
-    let mode = listener_tls.map_or(TlsMode::None, |t| t.mode);
-    let mut client = ClientStream::Plain(tcp);
-    let mut session = Session::new(Policy {
-        // RFC 8314 §4: cleartext credentials only over TLS, or from a
-        // trusted network.  Implicit TLS is up before the greeting.
-        cleartext_ok: trusted || mode == TlsMode::Implicit,
-        starttls_available: mode == TlsMode::Starttls,
-        mechanisms: listener
-            .mechanisms
+///
+/// Not an `async fn`: its arguments would stay in the task twice (as
+/// arguments and as the locals they are moved into) for the session's
+/// whole life; the `async move` block keeps what it captured once.
+#[allow(clippy::manual_async_fn)] // see above
+pub fn serve(tcp: TcpStream, conn: Connection, runtime: Arc<Runtime>) -> impl Future<Output = ()> {
+    async move {
+        let started = Instant::now();
+        let listener = runtime
+            .config
+            .listeners
             .iter()
-            .map(|m| m.to_ascii_uppercase())
-            .collect(),
-        max_bad_commands: runtime.config.limits.max_bad_commands,
-    });
-    info!(listener = %conn.listener, "connection opened");
-    // In the admin API's list until this function returns.
-    let registration = registry::get().register(conn.id, conn.peer, conn.listener.clone());
-    let handle = registration.handle();
-    let metrics = crate::metrics::get();
-    let mut gauge = StateGauge::new(session.state().label());
-    let mut arrows = |arrow: Arrow, state: &State| {
-        metrics.arrow(arrow.number());
-        debug!(arrow = arrow.number(), state = state.label(), "transition")
-    };
-    // Boxed: the pre-login phase's state (read buffers, TLS handshake, the
-    // passdb and backend-login futures; ~12 KiB) is freed at login instead
-    // of staying in every relayed session's task for its whole life.
-    let outcome = Box::pin(async {
-        if let Some(tls) = listener_tls.filter(|t| t.mode == TlsMode::Implicit) {
-            if let Err(reason) = handshake(&mut client, tls, &conn).await {
-                return Ok(PreAuthEnd::Closed(reason));
+            .find(|l| *l.name == *conn.listener)
+            .expect("connection from a configured listener");
+        let trusted = listener
+            .trusted_networks
+            .iter()
+            .any(|n| n.contains(&conn.peer.ip()));
+        let listener_tls = runtime.tls.listener(&conn.listener);
+        let mode = listener_tls.map_or(TlsMode::None, |t| t.mode);
+        let mut client = ClientStream::Plain(tcp);
+        let mut session = Session::new(Policy {
+            // RFC 8314 §4: cleartext credentials only over TLS, or from a
+            // trusted network.  Implicit TLS is up before the greeting.
+            cleartext_ok: trusted || mode == TlsMode::Implicit,
+            starttls_available: mode == TlsMode::Starttls,
+            mechanisms: listener
+                .mechanisms
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect(),
+            max_bad_commands: runtime.config.limits.max_bad_commands,
+        });
+        info!(listener = %conn.listener, "connection opened");
+        // In the admin API's list until this function returns.
+        let registration = registry::get().register(conn.id, conn.peer, conn.listener.clone());
+        let handle = registration.handle();
+        let metrics = crate::metrics::get();
+        let mut gauge = StateGauge::new(session.state().label());
+        let mut arrows = |arrow: Arrow, state: &State| {
+            metrics.arrow(arrow.number());
+            debug!(arrow = arrow.number(), state = state.label(), "transition")
+        };
+        // Boxed: the pre-login phase's state (read buffers, TLS handshake, the
+        // passdb and backend-login futures; ~12 KiB) is freed at login instead
+        // of staying in every relayed session's task for its whole life.
+        let outcome = Box::pin(async {
+            if let Some(tls) = listener_tls.filter(|t| t.mode == TlsMode::Implicit) {
+                if let Err(reason) = handshake(&mut client, tls, &conn).await {
+                    return Ok(PreAuthEnd::Closed(reason));
+                }
             }
-        }
-        let cert = client.tls_connection().and_then(|c| TlsInfo::of(c).client);
-        if let Some(user) = preauth::match_rules(
-            &runtime.config.preauth,
-            &conn.listener,
-            conn.peer.ip(),
-            cert.as_ref(),
-        ) {
-            return pre_authenticate(
-                &mut client,
-                &mut session,
-                user,
-                &conn,
-                &runtime,
-                &mut arrows,
-            )
-            .await;
-        }
-        arrows(Arrow::OkGreeting, session.state());
-        send(&mut client, &session.greeting("imapgate ready")).await?;
-        let deadline = tokio::time::Instant::now() + runtime.config.limits.login_timeout();
-        let login = tokio::time::timeout_at(
-            deadline,
-            not_authenticated(
-                &mut client,
-                &mut session,
-                &conn,
-                &runtime,
-                listener_tls,
-                handle,
-            ),
-        )
-        .await;
-        match login {
-            Ok(r) => r,
-            Err(_) => {
-                let _ = send(
+            let cert = client.tls_connection().and_then(|c| TlsInfo::of(c).client);
+            if let Some(user) = preauth::match_rules(
+                &runtime.config.preauth,
+                &conn.listener,
+                conn.peer.ip(),
+                cert.as_ref(),
+            ) {
+                return pre_authenticate(
                     &mut client,
-                    &encode::untagged("BYE", Some("UNAVAILABLE"), "Login timeout; closing"),
+                    &mut session,
+                    user,
+                    &conn,
+                    &runtime,
+                    handle,
+                    &mut arrows,
                 )
                 .await;
-                Ok(PreAuthEnd::Closed("login_timeout"))
             }
-        }
-    })
-    .await;
-    let (reason, totals) = match outcome {
-        Ok(PreAuthEnd::LoggedIn {
-            backend,
-            client_leftover,
-        }) => {
-            let limits = &runtime.config.limits;
-            let framer_limits = Limits {
-                max_line: limits.max_line_length,
-                max_literal: limits.max_literal_size,
-                max_literals_per_unit: limits.max_literals_per_command,
-            };
-            let timeouts = pump::Timeouts {
-                idle: limits.idle_timeout(),
-                max_idle: limits.max_idle(),
-            };
-            // Only what the relay needs outlives login: the capabilities
-            // were answered to the client already, and the login reader's
-            // buffer is shrunk to the bytes it still holds.
-            let BackendConn {
-                stream,
-                mut leftover,
-                name,
-                user_permit: _user_permit,
-                capabilities,
-            } = backend;
-            drop(capabilities);
-            leftover.shrink_to_fit();
-            gauge.set(session.state().label());
-            if let Some(user) = session.state().user() {
-                handle.logged_in(user.clone(), &name);
-            }
-            handle.set_state(session.state().label());
-            let _backend_gauge = crate::metrics::BackendGauge::new(&name);
-            let (end, totals) = pump::Pump::new(
-                &mut client,
-                stream,
-                &mut session,
-                framer_limits,
-                timeouts,
-                &mut arrows,
-                &mut gauge,
-                handle,
+            arrows(Arrow::OkGreeting, session.state());
+            send(&mut client, &session.greeting("imapgate ready")).await?;
+            let deadline = tokio::time::Instant::now() + runtime.config.limits.login_timeout();
+            let login = tokio::time::timeout_at(
+                deadline,
+                not_authenticated(
+                    &mut client,
+                    &mut session,
+                    &conn,
+                    &runtime,
+                    listener_tls,
+                    handle,
+                ),
             )
-            .run(&client_leftover, &leftover)
             .await;
-            (end.label(), Some(totals))
+            match login {
+                Ok(r) => r,
+                Err(_) => {
+                    let _ = send(
+                        &mut client,
+                        &encode::untagged("BYE", Some("UNAVAILABLE"), "Login timeout; closing"),
+                    )
+                    .await;
+                    Ok(PreAuthEnd::Closed("login_timeout"))
+                }
+            }
+        })
+        .await;
+        let (reason, totals) = match outcome {
+            Ok(PreAuthEnd::LoggedIn {
+                backend,
+                client_leftover,
+            }) => {
+                let limits = &runtime.config.limits;
+                let framer_limits = Limits {
+                    max_line: limits.max_line_length,
+                    max_literal: limits.max_literal_size,
+                    max_literals_per_unit: limits.max_literals_per_command,
+                };
+                let timeouts = pump::Timeouts {
+                    idle: limits.idle_timeout(),
+                    max_idle: limits.max_idle(),
+                };
+                // Only what the relay needs outlives login: the capabilities
+                // were answered to the client already, and the login reader's
+                // buffer is shrunk to the bytes it still holds.
+                let BackendConn {
+                    stream,
+                    mut leftover,
+                    name,
+                    user_permit: _user_permit,
+                    capabilities,
+                } = backend;
+                drop(capabilities);
+                leftover.shrink_to_fit();
+                gauge.set(session.state().label());
+                if let Some(user) = session.state().user() {
+                    handle.logged_in(user.clone(), &name);
+                }
+                handle.set_state(session.state().label());
+                let _backend_gauge = crate::metrics::BackendGauge::new(&name);
+                let (end, totals) = pump::Pump::new(
+                    &mut client,
+                    stream,
+                    &mut session,
+                    framer_limits,
+                    timeouts,
+                    &mut arrows,
+                    &mut gauge,
+                    handle,
+                )
+                .run(&client_leftover, &leftover)
+                .await;
+                (end.label(), Some(totals))
+            }
+            Ok(PreAuthEnd::Closed(reason)) => (reason, None),
+            Err(e) => {
+                debug!(error = %e, "client I/O error before login");
+                ("io_error", None)
+            }
+        };
+        // A TLS client gets close_notify, so it can tell our close from a
+        // truncation (RFC 8446 §6.1); bounded, the peer may be gone.
+        if client.is_tls() {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), client.shutdown()).await;
         }
-        Ok(PreAuthEnd::Closed(reason)) => (reason, None),
-        Err(e) => {
-            debug!(error = %e, "client I/O error before login");
-            ("io_error", None)
+        if let Some(arrow) = session.closed() {
+            arrows(arrow, session.state());
         }
-    };
-    // A TLS client gets close_notify, so it can tell our close from a
-    // truncation (RFC 8446 §6.1); bounded, the peer may be gone.
-    if client.is_tls() {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.shutdown()).await;
+        gauge.set(session.state().label());
+        metrics.sessions_closed.with_label_values(&[reason]).inc();
+        let totals = totals.unwrap_or_default();
+        info!(
+            duration_ms = started.elapsed().as_millis() as u64,
+            bytes_from_client = totals.client_bytes,
+            bytes_from_backend = totals.backend_bytes,
+            commands = totals.commands,
+            state = session.state().label(),
+            reason,
+            "connection closed"
+        );
     }
-    if let Some(arrow) = session.closed() {
-        arrows(arrow, session.state());
-    }
-    gauge.set(session.state().label());
-    metrics.sessions_closed.with_label_values(&[reason]).inc();
-    let totals = totals.unwrap_or_default();
-    info!(
-        duration_ms = started.elapsed().as_millis() as u64,
-        bytes_from_client = totals.client_bytes,
-        bytes_from_backend = totals.backend_bytes,
-        commands = totals.commands,
-        state = session.state().label(),
-        reason,
-        "connection closed"
-    );
 }
 
 /// Arrow (2): a PREAUTH rule named the user.  Log in to the backend as
@@ -223,6 +233,7 @@ async fn pre_authenticate(
     user: String,
     conn: &Connection,
     runtime: &Runtime,
+    handle: &SessionHandle,
     arrows: &mut (dyn FnMut(Arrow, &State) + Send),
 ) -> std::io::Result<PreAuthEnd> {
     tracing::Span::current().record("user", tracing::field::debug(&user));
@@ -233,9 +244,11 @@ async fn pre_authenticate(
     match open_backend(&info, Creds::MasterOnly, &None, conn, runtime).await {
         Ok(backend) => {
             info!(user = ?info.user, backend = %backend.name, result = "ok", mechanism = "PREAUTH", "auth");
-            let greeting =
-                session.preauth_greeting(Arc::from(info.user.as_str()), &backend.capabilities);
+            let user: User = Arc::from(info.user.as_str());
+            let greeting = session.preauth_greeting(user.clone(), &backend.capabilities);
             arrows(Arrow::PreauthGreeting, session.state());
+            handle.logged_in(user, &backend.name);
+            handle.set_state(session.state().label());
             send(client, &greeting).await?;
             Ok(PreAuthEnd::LoggedIn {
                 backend,
@@ -506,6 +519,13 @@ async fn not_authenticated(
                                 Action::Transition(arrow) => metrics::get().arrow(arrow.number()),
                                 _ => {}
                             }
+                        }
+                        if let (Some(backend), Some(user)) = (&backend, session.state().user()) {
+                            // Before the client hears OK: whoever it tells
+                            // finds the session under its user in the
+                            // admin API.
+                            handle.logged_in(user.clone(), &backend.name);
+                            handle.set_state(session.state().label());
                         }
                         send(client, &std::mem::take(&mut replies)).await?;
                         if let Some(backend) = backend {

@@ -225,24 +225,36 @@ where
     }
 
     /// Run until the session ends; returns why, and the byte counts.
-    pub async fn run(mut self, client_leftover: &[u8], backend_leftover: &[u8]) -> (End, Totals) {
-        if !backend_leftover.is_empty() {
-            self.on_backend_bytes(backend_leftover);
+    ///
+    /// Not an `async fn`: that would keep a second copy of the whole pump
+    /// (its by-value argument and the local it is moved into) in every
+    /// relayed session's task for its whole life.  An `async move` block
+    /// keeps the one it captured.
+    #[allow(clippy::manual_async_fn)] // see above
+    pub fn run<'a>(
+        mut self,
+        client_leftover: &'a [u8],
+        backend_leftover: &'a [u8],
+    ) -> impl Future<Output = (End, Totals)> + use<'a, 's, C, B> {
+        async move {
+            if !backend_leftover.is_empty() {
+                self.on_backend_bytes(backend_leftover);
+            }
+            if !client_leftover.is_empty() {
+                self.on_client_bytes(client_leftover);
+            }
+            // Polled in place (and re-armed in place after each kick):
+            // waiting for a kick costs no allocation per poll.
+            let handle = self.handle;
+            let mut kick = std::pin::pin!(handle.kicked());
+            let end = poll_fn(|cx| self.poll_relay(cx, kick.as_mut())).await;
+            let totals = Totals {
+                client_bytes: self.c2b.bytes,
+                backend_bytes: self.b2c.bytes,
+                commands: self.commands,
+            };
+            (end, totals)
         }
-        if !client_leftover.is_empty() {
-            self.on_client_bytes(client_leftover);
-        }
-        // Polled in place (and re-armed in place after each kick): waiting
-        // for a kick costs no allocation per poll.
-        let handle = self.handle;
-        let mut kick = std::pin::pin!(handle.kicked());
-        let end = poll_fn(|cx| self.poll_relay(cx, kick.as_mut())).await;
-        let totals = Totals {
-            client_bytes: self.c2b.bytes,
-            backend_bytes: self.b2c.bytes,
-            commands: self.commands,
-        };
-        (end, totals)
     }
 
     fn poll_relay(&mut self, cx: &mut Context<'_>, kick: Pin<&mut Notified<'s>>) -> Poll<End> {
