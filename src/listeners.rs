@@ -113,7 +113,6 @@ impl Listeners {
     /// Serve the freshly bound sockets (an accept loop on each worker) and
     /// stop the loops of addresses `config` no longer has.
     pub fn commit(&mut self, bound: Bound, config: &Config) {
-        let metrics = crate::metrics::get();
         for (address, socket) in bound.0 {
             let name = config
                 .listeners
@@ -121,7 +120,6 @@ impl Listeners {
                 .find(|l| l.address == address)
                 .map_or("", |l| l.name.as_str());
             info!(listener = %name, address = %address, "listening");
-            metrics.connections_accepted.with_label_values(&[name]);
             let (stop, stopped) = watch::channel(Stop::Running);
             let mut tasks = Vec::new();
             for worker in &self.workers {
@@ -220,7 +218,7 @@ async fn accept_loop(
             .find(|l| l.address == address)
             .map_or("", |l| l.name.as_str()),
     );
-    let mut refusals = Arc::new(Refusals::new(&name));
+    let mut counted = Arc::new(Counted::new(&name));
     let mut accepted_in_a_row = 0u32;
     loop {
         // Under a flood this loop never has to wait, and tokio lets a task
@@ -262,13 +260,13 @@ async fn accept_loop(
         };
         if *name != *config.name {
             name = Arc::from(config.name.as_str());
-            refusals = Arc::new(Refusals::new(&name));
+            counted = Arc::new(Counted::new(&name));
         }
         let accepted = Accepted {
             name: name.clone(),
             admission: admission.clone(),
             next_id: next_id.clone(),
-            refusals: refusals.clone(),
+            counted: counted.clone(),
         };
         if config.proxy_protocol == ProxyProtocol::Required {
             // PROXY protocol: only from trusted proxies (§5 of the spec);
@@ -337,22 +335,25 @@ struct Accepted {
     name: Arc<str>,
     admission: Arc<Admission>,
     next_id: Arc<AtomicU64>,
-    refusals: Arc<Refusals>,
+    counted: Arc<Counted>,
 }
 
-/// A listener's refusals, ready to send and count: the `* BYE` greeting
-/// and the rejection counter for each reason, and the arrow (3) counter.
-/// Built once per listener name; a flood is answered tens of thousands of
-/// times a second, and formatting plus label lookups would add up.
-struct Refusals {
+/// What a listener counts and says per connection, looked up and formatted
+/// once per listener name: its accepted-connections counter, and for each
+/// refusal reason the `* BYE` greeting and the rejection counter, plus the
+/// arrow (3) counter.  A flood is answered tens of thousands of times a
+/// second; label lookups and formatting would add up.
+struct Counted {
+    accepted: IntCounter,
     by_reason: Vec<(IntCounter, Vec<u8>)>,
     arrow: IntCounter,
 }
 
-impl Refusals {
-    fn new(listener: &str) -> Refusals {
+impl Counted {
+    fn new(listener: &str) -> Counted {
         let metrics = crate::metrics::get();
-        Refusals {
+        Counted {
+            accepted: metrics.connections_accepted.with_label_values(&[listener]),
             by_reason: Refusal::ALL
                 .iter()
                 .map(|r| {
@@ -372,9 +373,9 @@ impl Refusals {
 impl Accepted {
     /// Arrow (3): count the refusal and greet `* BYE`.
     fn refuse(&self, stream: &std::net::TcpStream, refusal: Refusal) {
-        let (counter, bye) = &self.refusals.by_reason[refusal as usize];
+        let (counter, bye) = &self.counted.by_reason[refusal as usize];
         counter.inc();
-        self.refusals.arrow.inc();
+        self.counted.arrow.inc();
         turn_away(stream, bye);
     }
 
@@ -396,10 +397,7 @@ impl Accepted {
             Ok(permit) => permit,
             Err(refusal) => return self.refuse(&stream, refusal),
         };
-        crate::metrics::get()
-            .connections_accepted
-            .with_label_values(&[&self.name])
-            .inc();
+        self.counted.accepted.inc();
         let _ = stream.set_nodelay(true);
         let Some(local) = local.or_else(|| stream.local_addr().ok()) else {
             return;

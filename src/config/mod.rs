@@ -767,25 +767,22 @@ impl Config {
                     ),
                 ));
             }
-            // Sessions without the user's own password are logged in to
-            // the backend as its master user.
-            if !self.preauth.is_empty() && !has_master {
-                return Err(invalid(
-                    "backend.master_user",
-                    format!(
-                        "backend {:?}: [[preauth]] rules need a master user on every backend",
-                        b.name
-                    ),
-                ));
-            }
-            if !self.auth.master_users.is_empty() && !has_master {
-                return Err(invalid(
-                    "backend.master_user",
-                    format!(
-                        "backend {:?}: auth.master_users need a master user on every backend",
-                        b.name
-                    ),
-                ));
+            // Sessions without the user's own password (PREAUTH, a master
+            // user acting for another) are logged in as the backend's master.
+            let without_password = [
+                (!self.preauth.is_empty(), "[[preauth]] rules"),
+                (!self.auth.master_users.is_empty(), "auth.master_users"),
+            ];
+            if let Some((_, what)) = without_password.iter().find(|(used, _)| *used) {
+                if !has_master {
+                    return Err(invalid(
+                        "backend.master_user",
+                        format!(
+                            "backend {:?}: {what} need a master user on every backend",
+                            b.name
+                        ),
+                    ));
+                }
             }
             if split_host_port(&b.address).is_none() {
                 return Err(invalid(
@@ -1149,6 +1146,22 @@ path = "users"
             .unwrap_err()
             .to_string();
         assert!(e.contains("limits.idle_timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn logins_without_the_users_password_need_backend_masters() {
+        let text = format!("{MINIMAL}\n[auth]\nmaster_users = [\"support\"]\n");
+        let e = Config::parse(&text, PathBuf::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backend.master_user"), "{e}");
+        assert!(e.contains("auth.master_users"), "{e}");
+        let text = text.replace(
+            "name = \"b1\"",
+            "name = \"b1\"\nmaster_user = \"gw\"\nmaster_password = \"s\"",
+        );
+        let c = Config::parse(&text, PathBuf::new()).unwrap();
+        assert_eq!(c.auth.master_users, ["support"]);
     }
 
     #[test]
