@@ -319,6 +319,36 @@ impl AuthService {
     }
 }
 
+/// A gateway whose passdb is the `http` one with `passdb_keys` (url, timeout…) and whose
+/// only configured backend is dead, so a login can only work if the service routes it;
+/// brute-force protection off, logging at trace; `tables` go before the log table.
+fn http_passdb_config(passdb_keys: &str, tables: &str) -> String {
+    format!(
+        r#"[[listener]]
+name = "imap"
+address = "127.0.0.1:{listen}"
+
+[[backend]]
+name = "unused"
+address = "127.0.0.1:{dead}"
+
+[[passdb]]
+type = "http"
+{passdb_keys}
+
+[auth.brute_force]
+enabled = false
+
+{tables}
+
+[log]
+level = "trace"
+"#,
+        listen = free_port(),
+        dead = free_port(),
+    )
+}
+
 #[test]
 fn http_passdb_speaks_nginx_auth_http() {
     let dovecot = Dovecot::start();
@@ -330,35 +360,14 @@ fn http_passdb_speaks_nginx_auth_http() {
     })
     .to_string();
     let svc = AuthService::start(dovecot.port(), &users);
-    let gw_port = free_port();
     let admin_port = free_port();
-    // The only configured backend is dead: a login can only work if the service routes it.
-    let dead = free_port();
-    let config = format!(
-        r#"[[listener]]
-name = "imap"
-address = "127.0.0.1:{gw_port}"
-
-[[backend]]
-name = "unused"
-address = "127.0.0.1:{dead}"
-
-[[passdb]]
-type = "http"
-url = "http://127.0.0.1:{svc}/auth/imap"
-timeout_ms = 1500
-headers = {{ X-Auth-Key = "k3y-static" }}
-
-[auth.brute_force]
-enabled = false
-
-[admin]
-address = "127.0.0.1:{admin_port}"
-
-[log]
-level = "trace"
-"#,
-        svc = svc.port
+    let config = http_passdb_config(
+        &format!(
+            "url = \"http://127.0.0.1:{}/auth/imap\"\ntimeout_ms = 1500\n\
+             headers = {{ X-Auth-Key = \"k3y-static\" }}",
+            svc.port
+        ),
+        &format!("[admin]\naddress = \"127.0.0.1:{admin_port}\""),
     );
     let gw = Gateway::start(&config);
 
@@ -479,30 +488,12 @@ fn http_passdb_over_https_verifies_the_service() {
     let svc = AuthService::start_with(dovecot.port(), &users, Some((&cert, &key)));
     let ca = common::toml_str(pki.ca_file().to_str().expect("UTF-8 path"));
     for (ca_line, works) in [(format!("ca_file = {ca}"), true), (String::new(), false)] {
-        let gw_port = free_port();
-        let config = format!(
-            r#"[[listener]]
-name = "imap"
-address = "127.0.0.1:{gw_port}"
-
-[[backend]]
-name = "unused"
-address = "127.0.0.1:{dead}"
-
-[[passdb]]
-type = "http"
-url = "https://127.0.0.1:{svc}/auth/imap"
-timeout_ms = 3000
-{ca_line}
-
-[auth.brute_force]
-enabled = false
-
-[log]
-level = "trace"
-"#,
-            dead = free_port(),
-            svc = svc.port
+        let config = http_passdb_config(
+            &format!(
+                "url = \"https://127.0.0.1:{}/auth/imap\"\ntimeout_ms = 3000\n{ca_line}",
+                svc.port
+            ),
+            "",
         );
         let gw = Gateway::start(&config);
         let before = svc.requests().len();
