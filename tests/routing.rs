@@ -537,20 +537,23 @@ fn a_proxy_loop_is_refused() {
 const MASTER: &str = "gatemaster";
 const MASTER_PASSWORD: &str = "m4ster-s3cret";
 
+/// Put one message ("Subject: hi alice") in alice's INBOX, straight at Dovecot; bob's stays
+/// empty, so the mailbox a session shows says whose session it is.
+fn seed_alice_inbox(dovecot: &Dovecot) {
+    let mut d = Client::connect(dovecot.port());
+    d.greeting();
+    d.send("l LOGIN alice wonderland\r\n");
+    d.expect_ok("l");
+    d.send("a APPEND INBOX {25+}\r\nSubject: hi alice\r\n\r\nhi\r\n\r\n");
+    d.expect_ok("a");
+}
+
 #[test]
 fn master_user_login_is_invisible_to_the_client() {
     let dovecot = Dovecot::builder()
         .master_user(MASTER, MASTER_PASSWORD)
         .start();
-    // alice's INBOX holds one message, bob's none: the session's mailbox shows whose it is.
-    {
-        let mut d = Client::connect(dovecot.port());
-        d.greeting();
-        d.send("l LOGIN alice wonderland\r\n");
-        d.expect_ok("l");
-        d.send("a APPEND INBOX {25+}\r\nSubject: hi alice\r\n\r\nhi\r\n\r\n");
-        d.expect_ok("a");
-    }
+    seed_alice_inbox(&dovecot);
     let base = gateway_config(common::free_port(), dovecot.port(), &dovecot.users_file());
     for method in ["authzid", "separator"] {
         let config = base.replacen(
@@ -634,14 +637,7 @@ fn a_master_user_at_the_edge_acts_for_another_user() {
         .master_user(MASTER, MASTER_PASSWORD)
         .user("support", "helpdesk")
         .start();
-    {
-        let mut d = Client::connect(dovecot.port());
-        d.greeting();
-        d.send("l LOGIN alice wonderland\r\n");
-        d.expect_ok("l");
-        d.send("a APPEND INBOX {25+}\r\nSubject: hi alice\r\n\r\nhi\r\n\r\n");
-        d.expect_ok("a");
-    }
+    seed_alice_inbox(&dovecot);
     let config =
         gateway_config(common::free_port(), dovecot.port(), &dovecot.users_file()).replacen(
             "name = \"dovecot\"",
