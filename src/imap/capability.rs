@@ -7,6 +7,8 @@
 //! UNAUTHENTICATE would let a client re-login on the backend behind the
 //! gateway's back, RFC 8437), so unknown names are dropped, not passed on.
 
+use std::borrow::Cow;
+
 /// What the gateway offers before login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PreAuthOffer<'a> {
@@ -18,21 +20,23 @@ pub struct PreAuthOffer<'a> {
     pub mechanisms: &'a [String],
 }
 
-/// The not-authenticated capability list (RFC 9051 §6.1.1).
-pub fn pre_auth(offer: PreAuthOffer<'_>) -> Vec<String> {
-    let mut caps = vec!["IMAP4rev1".to_owned()];
+/// The not-authenticated capability list (RFC 9051 §6.1.1).  Every
+/// greeting carries it, so only the `AUTH=` names are allocated.
+pub fn pre_auth(offer: PreAuthOffer<'_>) -> Vec<Cow<'static, str>> {
+    let mut caps: Vec<Cow<'static, str>> = Vec::with_capacity(8 + offer.mechanisms.len());
+    caps.push("IMAP4rev1".into());
     if offer.starttls {
         caps.push("STARTTLS".into());
     }
     if offer.login_disabled {
         caps.push("LOGINDISABLED".into());
     } else {
-        caps.extend(offer.mechanisms.iter().map(|m| format!("AUTH={m}")));
+        caps.extend(offer.mechanisms.iter().map(|m| format!("AUTH={m}").into()));
         caps.push("SASL-IR".into());
     }
     // LITERAL- (RFC 7888 §5): non-synchronizing literals up to 4096 octets
     // are safe to accept before login; larger ones need a `+` from us.
-    caps.extend(["LITERAL-", "ID", "ENABLE", "IDLE"].map(String::from));
+    caps.extend(["LITERAL-", "ID", "ENABLE", "IDLE"].map(Cow::Borrowed));
     caps
 }
 
@@ -98,18 +102,22 @@ const RELAYABLE_PREFIXES: &[&str] = &[
 
 /// Whether a backend capability may be shown to a logged-in client.
 pub fn relayable(cap: &str) -> bool {
-    let upper = cap.to_ascii_uppercase();
-    RELAYABLE.contains(&upper.as_str()) || RELAYABLE_PREFIXES.iter().any(|p| upper.starts_with(p))
+    RELAYABLE.iter().any(|k| k.eq_ignore_ascii_case(cap))
+        || RELAYABLE_PREFIXES.iter().any(|p| {
+            cap.get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p))
+        })
 }
 
-/// Filter a backend's list for a logged-in client.
-pub fn post_login(backend: &[String]) -> Vec<String> {
-    let mut caps: Vec<String> = backend.iter().filter(|c| relayable(c)).cloned().collect();
+/// Filter a backend's list for a logged-in client (borrowed from it).
+pub fn post_login(backend: &[String]) -> Vec<&str> {
+    let mut caps: Vec<&str> = Vec::with_capacity(backend.len() + 1);
+    caps.extend(backend.iter().map(String::as_str).filter(|c| relayable(c)));
     if !caps
         .iter()
         .any(|c| c.eq_ignore_ascii_case("IMAP4rev1") || c.eq_ignore_ascii_case("IMAP4rev2"))
     {
-        caps.insert(0, "IMAP4rev1".into());
+        caps.insert(0, "IMAP4rev1");
     }
     caps
 }
@@ -126,16 +134,16 @@ mod tests {
             login_disabled: true,
             mechanisms: &mechs,
         });
-        assert!(caps.contains(&"LOGINDISABLED".to_string()));
-        assert!(caps.contains(&"STARTTLS".to_string()));
+        assert!(caps.contains(&"LOGINDISABLED".into()));
+        assert!(caps.contains(&"STARTTLS".into()));
         assert!(!caps.iter().any(|c| c.starts_with("AUTH=")));
         let caps = pre_auth(PreAuthOffer {
             starttls: false,
             login_disabled: false,
             mechanisms: &mechs,
         });
-        assert!(caps.contains(&"AUTH=PLAIN".to_string()));
-        assert!(!caps.contains(&"LITERAL+".to_string()));
+        assert!(caps.contains(&"AUTH=PLAIN".into()));
+        assert!(!caps.contains(&"LITERAL+".into()));
     }
 
     #[test]
@@ -152,7 +160,7 @@ mod tests {
             "LOGIN-REFERRALS",
             "URL-PARTIAL",
         ] {
-            assert!(!caps.iter().any(|c| c == dropped), "{dropped} kept");
+            assert!(!caps.contains(&dropped), "{dropped} kept");
         }
         for kept in [
             "IMAP4rev1",
@@ -162,7 +170,7 @@ mod tests {
             "LITERAL+",
             "STATUS=SIZE",
         ] {
-            assert!(caps.iter().any(|c| c == kept), "{kept} dropped");
+            assert!(caps.contains(&kept), "{kept} dropped");
         }
     }
 }

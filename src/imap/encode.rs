@@ -141,16 +141,17 @@ pub fn authenticate_plain(
 
 /// Strip CR, LF and NUL from human-readable text we put on a response line,
 /// so no peer-supplied text can end a line early.
-pub fn sanitize_text(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c == '\r' || c == '\n' || c == '\0' {
-                ' '
-            } else {
-                c
-            }
-        })
-        .collect()
+/// Append `text` with CR, LF and NUL turned into SP (and, inside a response
+/// code, `]`), so no peer-supplied text can end the line or the code early.
+/// Byte-wise: these are ASCII, never part of a UTF-8 sequence.  Runs for
+/// every status line the gateway writes, so nothing is allocated.
+fn push_sanitized(out: &mut Vec<u8>, text: &[u8], in_code: bool) {
+    let bad = |b: u8| matches!(b, b'\r' | b'\n' | b'\0') || (in_code && b == b']');
+    if !text.iter().any(|&b| bad(b)) {
+        out.extend_from_slice(text);
+        return;
+    }
+    out.extend(text.iter().map(|&b| if bad(b) { b' ' } else { b }));
 }
 
 /// `tag OK|NO|BAD [code] text` (RFC 9051 §7.1).
@@ -169,13 +170,14 @@ pub fn untagged_bad(text: &str) -> Vec<u8> {
 }
 
 fn status_line(tag: &str, word: &str, code: Option<&str>, text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(tag.len() + word.len() + text.len() + 32);
+    let code_len = code.map_or(0, |c| c.len() + 3);
+    let mut out = Vec::with_capacity(tag.len() + word.len() + code_len + text.len() + 5);
     out.extend_from_slice(tag.as_bytes());
     out.push(b' ');
     out.extend_from_slice(word.as_bytes());
     if let Some(code) = code {
         out.extend_from_slice(b" [");
-        out.extend_from_slice(sanitize_text(code).replace(']', " ").as_bytes());
+        push_sanitized(&mut out, code.as_bytes(), true);
         out.push(b']');
     }
     out.push(b' ');
@@ -185,28 +187,30 @@ fn status_line(tag: &str, word: &str, code: Option<&str>, text: &str) -> Vec<u8>
         // "[ALERT] …" would become an alert).  A leading SP keeps it text.
         out.push(b' ');
     }
-    out.extend_from_slice(sanitize_text(text).as_bytes());
+    push_sanitized(&mut out, text.as_bytes(), false);
     out.extend_from_slice(b"\r\n");
     out
 }
 
 /// `* CAPABILITY …` (RFC 9051 §7.2.2).
-pub fn capability(caps: &[String]) -> Vec<u8> {
+pub fn capability<S: AsRef<str>>(caps: &[S]) -> Vec<u8> {
     let mut out = b"* CAPABILITY".to_vec();
     for c in caps {
         out.push(b' ');
-        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(c.as_ref().as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out
 }
 
 /// The `CAPABILITY …` response code body, e.g. for `[CAPABILITY …]`.
-pub fn capability_code(caps: &[String]) -> String {
-    let mut s = String::from("CAPABILITY");
+pub fn capability_code<S: AsRef<str>>(caps: &[S]) -> String {
+    let len = caps.iter().map(|c| c.as_ref().len() + 1).sum::<usize>();
+    let mut s = String::with_capacity("CAPABILITY".len() + len);
+    s.push_str("CAPABILITY");
     for c in caps {
         s.push(' ');
-        s.push_str(c);
+        s.push_str(c.as_ref());
     }
     s
 }

@@ -54,35 +54,46 @@ pub enum Code {
 }
 
 impl Code {
+    /// Codes without arguments, by name.  Looked up case-insensitively and
+    /// without allocating: the relay classifies every backend status line.
+    const PLAIN: [(&'static str, Code); 19] = [
+        ("ALERT", Code::Alert),
+        ("PARSE", Code::Parse),
+        ("READ-ONLY", Code::ReadOnly),
+        ("READ-WRITE", Code::ReadWrite),
+        ("TRYCREATE", Code::TryCreate),
+        ("UNAVAILABLE", Code::Unavailable),
+        ("AUTHENTICATIONFAILED", Code::AuthenticationFailed),
+        ("AUTHORIZATIONFAILED", Code::AuthorizationFailed),
+        ("EXPIRED", Code::Expired),
+        ("PRIVACYREQUIRED", Code::PrivacyRequired),
+        ("CONTACTADMIN", Code::ContactAdmin),
+        ("NOPERM", Code::NoPerm),
+        ("INUSE", Code::InUse),
+        ("LIMIT", Code::Limit),
+        ("OVERQUOTA", Code::OverQuota),
+        ("SERVERBUG", Code::ServerBug),
+        ("CLIENTBUG", Code::ClientBug),
+        ("CLOSED", Code::Closed),
+        ("TOOBIG", Code::TooBig),
+    ];
+
     pub fn parse(name: &str, args: Option<&str>) -> Code {
-        match name.to_ascii_uppercase().as_str() {
-            "ALERT" => Code::Alert,
-            "CAPABILITY" => Code::Capability(
+        if name.eq_ignore_ascii_case("CAPABILITY") {
+            return Code::Capability(
                 args.unwrap_or("")
                     .split(' ')
                     .filter(|s| !s.is_empty())
                     .map(str::to_owned)
                     .collect(),
-            ),
-            "PARSE" => Code::Parse,
-            "READ-ONLY" => Code::ReadOnly,
-            "READ-WRITE" => Code::ReadWrite,
-            "TRYCREATE" => Code::TryCreate,
-            "UNAVAILABLE" => Code::Unavailable,
-            "AUTHENTICATIONFAILED" => Code::AuthenticationFailed,
-            "AUTHORIZATIONFAILED" => Code::AuthorizationFailed,
-            "EXPIRED" => Code::Expired,
-            "PRIVACYREQUIRED" => Code::PrivacyRequired,
-            "CONTACTADMIN" => Code::ContactAdmin,
-            "NOPERM" => Code::NoPerm,
-            "INUSE" => Code::InUse,
-            "LIMIT" => Code::Limit,
-            "OVERQUOTA" => Code::OverQuota,
-            "SERVERBUG" => Code::ServerBug,
-            "CLIENTBUG" => Code::ClientBug,
-            "CLOSED" => Code::Closed,
-            "TOOBIG" => Code::TooBig,
-            other => Code::Other(other.to_owned(), args.map(str::to_owned)),
+            );
+        }
+        match Code::PLAIN
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some((_, code)) => code.clone(),
+            None => Code::Other(name.to_ascii_uppercase(), args.map(str::to_owned)),
         }
     }
 }
@@ -210,14 +221,17 @@ pub fn resp_text(rest: &[u8]) -> RespText<'_> {
             let raw = &inner[..end];
             let text = &inner[end + 1..];
             let text = text.strip_prefix(b" ").unwrap_or(text);
-            let raw_str = String::from_utf8_lossy(raw);
-            let (name, args) = match raw_str.split_once(' ') {
-                Some((n, a)) => (n.to_owned(), Some(a.to_owned())),
-                None => (raw_str.into_owned(), None),
+            let (name, args) = match raw.iter().position(|&c| c == b' ') {
+                Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+                None => (raw, None),
             };
-            let name_ok = !name.is_empty() && name.bytes().all(is_atom_char);
+            // An atom is ASCII, so the name is valid UTF-8 when it passes.
+            let name_ok = !name.is_empty() && name.iter().all(|&c| is_atom_char(c));
             return RespText {
-                code: name_ok.then(|| Code::parse(&name, args.as_deref())),
+                code: name_ok.then(|| {
+                    let name = std::str::from_utf8(name).unwrap_or_default();
+                    Code::parse(name, args.map(|a| String::from_utf8_lossy(a)).as_deref())
+                }),
                 raw_code: Some(raw),
                 text,
             };

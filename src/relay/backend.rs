@@ -552,12 +552,11 @@ impl LineReader {
                 Ok(None) => {}
                 Err(e) => return Err(BackendError::Protocol(e.to_string())),
             }
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
+            // Into the buffer's spare room: no zeroed scratch array.
+            self.buf.reserve(4096);
+            if stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 

@@ -510,9 +510,17 @@ async fn not_authenticated(
                             attempt: attempts,
                             tls: client.tls_connection().map(|c| TlsFacts::of(c, asks_cert)),
                         };
-                        let (result, backend, close) =
+                        let (result, close) =
                             log_in(&req, session.client_id(), conn, runtime, &facts).await;
-                        let actions = session.login_finished(result);
+                        let (actions, backend) = match result {
+                            Ok((user, backend)) => (
+                                session.login_finished(Ok((user, &backend.capabilities))),
+                                Some(backend),
+                            ),
+                            Err(failure) => {
+                                (session.login_finished::<&[String]>(Err(failure)), None)
+                            }
+                        };
                         for a in actions {
                             match a {
                                 Action::Reply(r) => replies.extend(r),
@@ -547,11 +555,13 @@ async fn not_authenticated(
         if !replies.is_empty() {
             send(client, &replies).await?;
         }
-        let mut chunk = [0u8; 4096];
+        // Straight into the buffer's spare room: no zeroed scratch array,
+        // which would also sit in this future (and be copied with it).
+        buf.reserve(4096);
         // Waiting for the client is the one place a kick can land between
         // replies: everything owed has been sent.
         let n = tokio::select! {
-            n = client.read(&mut chunk) => n?,
+            n = client.read_buf(&mut buf) => n?,
             () = handle.kicked() => {
                 let bye = encode::untagged("BYE", Some("UNAVAILABLE"), handle.kick_reason());
                 send(client, &bye).await?;
@@ -562,7 +572,6 @@ async fn not_authenticated(
             return Ok(PreAuthEnd::Closed("client_closed"));
         }
         handle.add_in(n);
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -618,18 +627,14 @@ fn limit_reply(e: FrameError, input: &[u8], replies: &mut Vec<u8>) -> bool {
 
 /// Check credentials at the edge, then open the user's backend.  The
 /// backend is contacted only after the passdb accepted the user.  The
-/// third value says to close the connection after the answer.
+/// second value says to close the connection after the answer.
 async fn log_in(
     req: &LoginRequest,
     client_id: &IdParams,
     conn: &Connection,
     runtime: &Runtime,
     client: &ClientFacts,
-) -> (
-    Result<(User, Vec<String>), LoginFailure>,
-    Option<BackendConn>,
-    bool,
-) {
+) -> (Result<(User, BackendConn), LoginFailure>, bool) {
     let started = Instant::now();
     let creds = Credentials {
         username: req.username.clone(),
@@ -662,7 +667,7 @@ async fn log_in(
                     text: text.clone(),
                 },
             };
-            return (Err(failure), None, close);
+            return (Err(failure), close);
         }
     };
     // PLAIN's authorization identity (RFC 4616 §2): a configured master
@@ -681,7 +686,7 @@ async fn log_in(
         Some(_) => {
             count("authz_denied");
             audit(req, client, &outcome, "authz_denied", "", started);
-            return (Err(LoginFailure::Authorization), None, false);
+            return (Err(LoginFailure::Authorization), false);
         }
     };
     tracing::Span::current().record("user", tracing::field::debug(&info.user));
@@ -690,8 +695,7 @@ async fn log_in(
             count(outcome.label());
             audit(req, client, &outcome, "ok", &backend.name, started);
             let user: User = Arc::from(info.user.as_str());
-            let caps = backend.capabilities.clone();
-            (Ok((user, caps)), Some(backend), false)
+            (Ok((user, backend)), false)
         }
         Err(failure) => {
             let result = match &failure {
@@ -705,7 +709,7 @@ async fn log_in(
                 outcome.label()
             });
             audit(req, client, &outcome, result, "", started);
-            (Err(failure), None, false)
+            (Err(failure), false)
         }
     }
 }

@@ -476,6 +476,9 @@ where
         self.handle.add_in(data.len());
         metrics::get().relayed_client.inc_by(data.len() as u64);
         self.last_client = Instant::now();
+        // Most of what arrives goes out again: one allocation for it, not
+        // a doubling per appended line (the buffer is freed when idle).
+        self.c2b.out.reserve(data.len());
         if self.c2b.partial.is_empty() {
             let used = self.client_frames(data);
             self.c2b.partial.extend_from_slice(&data[used..]);
@@ -585,6 +588,7 @@ where
         self.b2c.bytes += data.len() as u64;
         self.handle.add_out(data.len());
         metrics::get().relayed_backend.inc_by(data.len() as u64);
+        self.b2c.out.reserve(data.len());
         if self.b2c.partial.is_empty() {
             let used = self.backend_frames(data);
             self.b2c.partial.extend_from_slice(&data[used..]);

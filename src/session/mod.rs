@@ -335,7 +335,7 @@ impl Session {
         encode::untagged("BYE", code, text)
     }
 
-    fn capabilities(&self) -> Vec<String> {
+    fn capabilities(&self) -> Vec<std::borrow::Cow<'static, str>> {
         capability::pre_auth(capability::PreAuthOffer {
             starttls: self.policy.starttls_available,
             login_disabled: !self.policy.cleartext_ok,
@@ -631,9 +631,9 @@ impl Session {
 
     /// The relay finished a [`LoginRequest`]: arrow (4) on success, back to
     /// not authenticated on failure.
-    pub fn login_finished(
+    pub fn login_finished<C: AsRef<[String]>>(
         &mut self,
-        result: Result<(User, Vec<String>), LoginFailure>,
+        result: Result<(User, C), LoginFailure>,
     ) -> Vec<Action> {
         let State::LoggingIn { tag } = std::mem::replace(&mut self.state, State::NotAuthenticated)
         else {
@@ -642,7 +642,7 @@ impl Session {
         match result {
             Ok((user, backend_caps)) => {
                 self.state = State::Authenticated(user);
-                let caps = capability::post_login(&backend_caps);
+                let caps = capability::post_login(backend_caps.as_ref());
                 vec![
                     Action::Reply(encode::tagged(
                         &tag,

@@ -142,7 +142,7 @@ fn plain_authzid_goes_to_the_relay_and_its_refusal_is_authorizationfailed() {
         matches!(&actions[0], Action::Login(r) if r.username == "alice" && r.authzid.as_deref() == Some("bob")),
         "{actions:?}"
     );
-    let actions = s.login_finished(Err(LoginFailure::Authorization));
+    let actions = s.login_finished::<Vec<String>>(Err(LoginFailure::Authorization));
     assert_eq!(
         written(&actions),
         "a NO [AUTHORIZATIONFAILED] Not authorized to act as that user\r\n"
@@ -161,14 +161,16 @@ fn plain_authzid_goes_to_the_relay_and_its_refusal_is_authorizationfailed() {
 fn failed_login_stays_not_authenticated() {
     let mut s = Session::new(policy());
     c(&mut s, "a1 LOGIN alice wrong\r\n");
-    let actions = s.login_finished(Err(LoginFailure::BadCredentials));
+    let actions = s.login_finished::<Vec<String>>(Err(LoginFailure::BadCredentials));
     assert_eq!(
         written(&actions),
         "a1 NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
     );
     assert_eq!(s.state(), &State::NotAuthenticated);
     c(&mut s, "a2 LOGIN alice x\r\n");
-    let actions = s.login_finished(Err(LoginFailure::Unavailable("Backend unavailable".into())));
+    let actions = s.login_finished::<Vec<String>>(Err(LoginFailure::Unavailable(
+        "Backend unavailable".into(),
+    )));
     assert_eq!(
         written(&actions),
         "a2 NO [UNAVAILABLE] Backend unavailable\r\n"
