@@ -421,6 +421,7 @@ impl Drop for StateGauge {
 }
 
 /// Counts one backend connection in `imapgate_backend_sessions`.
+#[derive(Debug)]
 pub struct BackendGauge(IntGauge);
 
 impl BackendGauge {

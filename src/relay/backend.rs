@@ -32,6 +32,12 @@ pub struct BackendConn {
     /// The session's place in its user's count (`max_sessions_per_user`),
     /// held as long as the backend leg.
     pub user_permit: Option<crate::limits::UserPermit>,
+    /// The session's place in `imapgate_backend_sessions`, which the
+    /// backend's `max_connections` is checked against.  Taken at the
+    /// backend's OK, before the client hears its own: a client that logs in
+    /// again the moment it is told (on another worker thread) must already
+    /// find this session counted.
+    pub counted: crate::metrics::BackendGauge,
     pub stream: BackendStream,
     /// The backend's capabilities after login.
     pub capabilities: Vec<String>,
@@ -468,6 +474,7 @@ async fn login(
     Ok(BackendConn {
         name: backend.name.clone(),
         user_permit: None,
+        counted: crate::metrics::BackendGauge::new(&backend.name),
         stream,
         capabilities,
         leftover: reader.into_leftover(),

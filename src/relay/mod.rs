@@ -170,6 +170,7 @@ pub fn serve(tcp: TcpStream, conn: Connection, runtime: Arc<Runtime>) -> impl Fu
                     mut leftover,
                     name,
                     user_permit: _user_permit,
+                    counted: _backend_gauge,
                     capabilities,
                 } = backend;
                 drop(capabilities);
@@ -179,7 +180,6 @@ pub fn serve(tcp: TcpStream, conn: Connection, runtime: Arc<Runtime>) -> impl Fu
                     handle.logged_in(user.clone(), &name);
                 }
                 handle.set_state(session.state().label());
-                let _backend_gauge = crate::metrics::BackendGauge::new(&name);
                 let (end, totals) = pump::Pump::new(
                     &mut client,
                     stream,
