@@ -7,6 +7,7 @@ mod common;
 
 use std::process::Command;
 
+use common::tls::Pki;
 use common::{free_port, gateway_config, wait_port, Gateway, ProcessGroup, START_TIMEOUT};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_imapgate-bench");
@@ -61,9 +62,23 @@ fn scenarios_run_through_the_gateway_against_the_stub() {
     );
 
     let gw_port = free_port();
+    let tls_port = free_port();
     let users = common::repo().join("config/users");
-    let gateway = Gateway::start(&gateway_config(gw_port, stub_port, &users));
+    // A second, implicit-TLS listener: the tool's `--tls-ca` client leg.
+    let mut pki = Pki::new("bench smoke CA");
+    let (cert, key) = pki.server("gateway", &["127.0.0.1"]);
+    let mut config = gateway_config(gw_port, stub_port, &users);
+    config.push_str(&format!(
+        "\n[[listener]]\nname = \"imaps\"\naddress = \"127.0.0.1:{tls_port}\"\ntls = \"implicit\"\n\
+         certificates = [{{ cert = {}, key = {} }}]\n",
+        common::toml_str(cert.to_str().expect("utf-8 path")),
+        common::toml_str(key.to_str().expect("utf-8 path")),
+    ));
+    let gateway = Gateway::start(&config);
     let target = format!("127.0.0.1:{gw_port}");
+    let tls_target = format!("127.0.0.1:{tls_port}");
+    let ca = pki.ca_file();
+    let ca = ca.to_str().expect("utf-8 path");
 
     let out = bench(&[
         "login",
@@ -104,6 +119,49 @@ fn scenarios_run_through_the_gateway_against_the_stub() {
         "0.2",
     ]);
     assert_eq!(field(&out, "sessions"), 20.0, "{out}");
+
+    // The same over implicit TLS, the certificate checked against the CA.
+    let out = bench(&[
+        "idle",
+        "--target",
+        &tls_target,
+        "--tls-ca",
+        ca,
+        "--sessions",
+        "10",
+        "--procs",
+        "2",
+        "--pid",
+        &pid,
+        "--hold",
+        "0.2",
+    ]);
+    assert_eq!(field(&out, "sessions"), 10.0, "{out}");
+    let out = bench(&[
+        "login",
+        "--target",
+        &tls_target,
+        "--tls-ca",
+        ca,
+        "--seconds",
+        "0.5",
+    ]);
+    assert!(field(&out, "sessions_per_sec") > 0.0, "{out}");
+    assert_eq!(field(&out, "errors"), 0.0, "{out}");
+    // A CA that did not sign the gateway's certificate: every login fails.
+    let other = Pki::new("another CA");
+    let other_ca = other.ca_file();
+    let out = bench(&[
+        "login",
+        "--target",
+        &tls_target,
+        "--tls-ca",
+        other_ca.to_str().expect("utf-8 path"),
+        "--seconds",
+        "0.3",
+    ]);
+    assert!(field(&out, "errors") > 0.0, "{out}");
+    assert_eq!(field(&out, "sessions_per_sec"), 0.0, "{out}");
 
     // A wrong password is an error the tool must count, not hide.
     let out = bench(&[

@@ -14,13 +14,14 @@
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
 #[derive(Debug, Parser)]
@@ -53,6 +54,10 @@ struct Common {
     /// server's own cost apart from the load tool's and the backend's.
     #[arg(long, value_delimiter = ',')]
     cpu_pid: Vec<u32>,
+    /// Implicit TLS to the target, trusting the CA certificate(s) in this
+    /// PEM file (the server's certificate must name the target's IP).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 /// CPU time (user + system) `pids` have used so far, in seconds.
@@ -218,16 +223,41 @@ type Result<T> = std::result::Result<T, String>;
 
 // ------------------------------------------------------------------ client
 
+/// The client's connection halves, plain TCP or TLS.
+type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
+
 /// A minimal IMAP client: line reads, tagged waits, literal-aware reads.
 struct Client {
-    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: tokio::net::tcp::OwnedWriteHalf,
+    r: BufReader<ReadHalf>,
+    w: WriteHalf,
     line: Vec<u8>,
     tag: u64,
 }
 
+/// The TLS client configuration for `--tls-ca`, built once per process.
+fn tls_connector(ca: &Path) -> Result<tokio_rustls::TlsConnector> {
+    static CONNECTOR: OnceLock<Result<tokio_rustls::TlsConnector>> = OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| {
+            let roots = imapgate::tls::load_roots(ca)?;
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+        })
+        .clone()
+}
+
 impl Client {
-    async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<Client> {
+    async fn connect(
+        target: SocketAddr,
+        source: Option<IpAddr>,
+        tls_ca: Option<&Path>,
+    ) -> Result<Client> {
         let stream = match source {
             Some(ip) => {
                 let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
@@ -244,7 +274,21 @@ impl Client {
                 .map_err(|e| format!("connect: {e}"))?,
         };
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (r, w) = stream.into_split();
+        let (r, w): (ReadHalf, WriteHalf) = match tls_ca {
+            None => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(ca) => {
+                let name = rustls_pki_types::ServerName::IpAddress(target.ip().into());
+                let tls = tls_connector(ca)?
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                let (r, w) = tokio::io::split(tls);
+                (Box::new(r), Box::new(w))
+            }
+        };
         let mut c = Client {
             r: BufReader::with_capacity(64 * 1024, r),
             w,
@@ -381,7 +425,12 @@ async fn login(common: Common, concurrency: usize) -> Result<()> {
             while Instant::now() < deadline {
                 let start = Instant::now();
                 let r = async {
-                    let mut c = Client::connect(common.target, source(&common, i)).await?;
+                    let mut c = Client::connect(
+                        common.target,
+                        source(&common, i),
+                        common.tls_ca.as_deref(),
+                    )
+                    .await?;
                     c.login(&common.user, &common.pass).await?;
                     c.command("SELECT INBOX").await?;
                     c.command("LOGOUT").await?;
@@ -433,7 +482,9 @@ async fn noop(common: Common, sessions: usize) -> Result<()> {
     for i in 0..sessions {
         let common = common.clone();
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(common.target, source(&common, i)).await?;
+            let mut c =
+                Client::connect(common.target, source(&common, i), common.tls_ca.as_deref())
+                    .await?;
             c.login(&common.user, &common.pass).await?;
             let mut latencies = Vec::with_capacity(100_000);
             while Instant::now() < deadline {
@@ -478,7 +529,8 @@ async fn noop(common: Common, sessions: usize) -> Result<()> {
 }
 
 async fn fetch(common: Common) -> Result<()> {
-    let mut c = Client::connect(common.target, source(&common, 0)).await?;
+    let mut c =
+        Client::connect(common.target, source(&common, 0), common.tls_ca.as_deref()).await?;
     c.login(&common.user, &common.pass).await?;
     c.command("SELECT INBOX").await?;
     let cpu_before = cpu_seconds(&common.cpu_pid);
@@ -535,7 +587,9 @@ async fn idle(
         // Hold `sessions` IDLE sessions; say READY, wait for stdin to close.
         let mut held = Vec::with_capacity(sessions);
         for i in 0..sessions {
-            let mut c = Client::connect(common.target, source(&common, i)).await?;
+            let mut c =
+                Client::connect(common.target, source(&common, i), common.tls_ca.as_deref())
+                    .await?;
             c.login(&common.user, &common.pass).await?;
             c.command("SELECT INBOX").await?;
             c.w.write_all(b"i IDLE\r\n")
@@ -579,6 +633,9 @@ async fn idle(
         if !common.sources.is_empty() {
             let s: Vec<String> = common.sources.iter().map(ToString::to_string).collect();
             cmd.args(["--sources", &s.join(",")]);
+        }
+        if let Some(ca) = &common.tls_ca {
+            cmd.arg("--tls-ca").arg(ca);
         }
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -740,7 +797,7 @@ async fn probe_latency(
     for _ in 0..sessions {
         let common = common.clone();
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(target, None).await?;
+            let mut c = Client::connect(target, None, None).await?;
             c.login(&common.user, &common.pass).await?;
             let mut lat = Vec::new();
             while Instant::now() < deadline {

@@ -325,7 +325,9 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+/// The CA certificates in a PEM file, as a trust store (also used by the
+/// load tool to trust a gateway's certificate).
+pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
         roots
