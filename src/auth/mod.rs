@@ -329,9 +329,7 @@ impl Authenticator {
         }
         let cached = self.cache.as_ref().and_then(|c| c.get(creds));
         if self.cache.is_some() {
-            m.auth_cache
-                .with_label_values(&[if cached.is_some() { "hit" } else { "miss" }])
-                .inc();
+            m.auth_cache_lookup(cached.is_some());
         }
         let (answer, passdb, was_cached) = match cached {
             Some((answer, passdb)) => (answer, passdb, true),

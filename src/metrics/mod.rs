@@ -70,6 +70,21 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub relayed_client: IntCounter,
     pub relayed_backend: IntCounter,
+    // Series every session touches, looked up once here: a label lookup
+    // hashes the label values and takes the family's lock, and a login
+    // would otherwise do about fifteen of them.
+    by_state: Vec<(&'static str, IntGauge)>,
+    by_arrow: Vec<IntCounter>,
+    by_close_reason: Vec<(&'static str, IntCounter)>,
+    cache_hit: Option<(IntCounter, IntCounter)>,
+}
+
+/// The series of a known label, if it was looked up in advance.
+fn known<'a, T>(series: &'a [(&'static str, T)], label: &str) -> Option<&'a T> {
+    series
+        .iter()
+        .find(|(l, _)| std::ptr::eq(*l, label) || *l == label)
+        .map(|(_, t)| t)
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -142,7 +157,7 @@ impl Metrics {
             "Bytes relayed after login, by direction.",
             &["direction"],
         );
-        let m = Metrics {
+        let mut m = Metrics {
             connections_accepted: counter(
                 r,
                 "imapgate_connections_accepted_total",
@@ -277,6 +292,10 @@ impl Metrics {
                 &["version"],
             ),
             registry,
+            by_state: Vec::new(),
+            by_arrow: Vec::new(),
+            by_close_reason: Vec::new(),
+            cache_hit: None,
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -288,17 +307,33 @@ impl Metrics {
             "idle",
             "logout",
         ] {
-            m.sessions.with_label_values(&[state]);
+            let g = m.sessions.with_label_values(&[state]);
+            m.by_state.push((state, g));
         }
-        for arrow in 1..=7u8 {
-            m.transitions.with_label_values(&[arrow_label(arrow)]);
+        // Arrows 1 to 7 (RFC 3501 §3's diagram), at index arrow - 1.
+        m.by_arrow = (1..=7u8)
+            .map(|arrow| m.transitions.with_label_values(&[arrow_label(arrow)]))
+            .collect();
+        for reason in [
+            "client_closed",
+            "logout",
+            "timeout",
+            "kicked",
+            "backend_lost",
+            "login_timeout",
+            "io_error",
+            "auth_failed",
+        ] {
+            let c = m.sessions_closed.with_label_values(&[reason]);
+            m.by_close_reason.push((reason, c));
         }
         for result in ["ok", "failed", "unavailable"] {
             m.config_reloads.with_label_values(&[result]);
         }
-        for result in ["hit", "miss"] {
-            m.auth_cache.with_label_values(&[result]);
-        }
+        m.cache_hit = Some((
+            m.auth_cache.with_label_values(&["hit"]),
+            m.auth_cache.with_label_values(&["miss"]),
+        ));
         for scope in ["ip", "user", "passdb"] {
             m.auth_delays.with_label_values(&[scope]);
         }
@@ -333,9 +368,6 @@ impl Metrics {
                     .with_label_values(&[&b.name, kind]);
             }
         }
-        for reason in ["client_closed", "logout", "timeout", "kicked"] {
-            self.sessions_closed.with_label_values(&[reason]);
-        }
     }
 
     /// Prometheus text exposition of every family.
@@ -354,13 +386,39 @@ impl Metrics {
     }
 
     pub fn arrow(&self, number: u8) {
-        self.transition(number).inc();
+        self.transition_counter(number).inc();
     }
 
-    /// The counter of one arrow of the state diagram, to keep and
-    /// increment without a label lookup each time.
+    /// The counter of one arrow of the state diagram.
     pub fn transition(&self, number: u8) -> prometheus::IntCounter {
-        self.transitions.with_label_values(&[arrow_label(number)])
+        self.transition_counter(number).clone()
+    }
+
+    fn transition_counter(&self, number: u8) -> &IntCounter {
+        &self.by_arrow[usize::from(number.clamp(1, 7) - 1)]
+    }
+
+    /// `imapgate_sessions{state}`.
+    pub fn sessions_in(&self, state: &str) -> IntGauge {
+        match known(&self.by_state, state) {
+            Some(g) => g.clone(),
+            None => self.sessions.with_label_values(&[state]),
+        }
+    }
+
+    /// Count a session's end in `imapgate_sessions_closed_total{reason}`.
+    pub fn session_closed(&self, reason: &str) {
+        match known(&self.by_close_reason, reason) {
+            Some(c) => c.inc(),
+            None => self.sessions_closed.with_label_values(&[reason]).inc(),
+        }
+    }
+
+    /// Count an auth cache lookup (`hit` or `miss`).
+    pub fn auth_cache_lookup(&self, hit: bool) {
+        if let Some((hits, misses)) = &self.cache_hit {
+            if hit { hits } else { misses }.inc();
+        }
     }
 }
 
@@ -400,15 +458,15 @@ pub struct StateGauge {
 
 impl StateGauge {
     pub fn new(state: &'static str) -> StateGauge {
-        get().sessions.with_label_values(&[state]).inc();
+        get().sessions_in(state).inc();
         StateGauge { current: state }
     }
 
     pub fn set(&mut self, state: &'static str) {
         if !std::ptr::eq(state, self.current) && state != self.current {
             let m = get();
-            m.sessions.with_label_values(&[self.current]).dec();
-            m.sessions.with_label_values(&[state]).inc();
+            m.sessions_in(self.current).dec();
+            m.sessions_in(state).inc();
             self.current = state;
         }
     }
@@ -416,7 +474,7 @@ impl StateGauge {
 
 impl Drop for StateGauge {
     fn drop(&mut self) {
-        get().sessions.with_label_values(&[self.current]).dec();
+        get().sessions_in(self.current).dec();
     }
 }
 

@@ -210,7 +210,7 @@ pub fn serve(tcp: TcpStream, conn: Connection, runtime: Arc<Runtime>) -> impl Fu
             arrows(arrow, session.state());
         }
         gauge.set(session.state().label());
-        metrics.sessions_closed.with_label_values(&[reason]).inc();
+        metrics.session_closed(reason);
         let totals = totals.unwrap_or_default();
         info!(
             duration_ms = started.elapsed().as_millis() as u64,
