@@ -30,15 +30,6 @@ struct Cli {
 
 const EX_USAGE: u8 = 64;
 
-/// mimalloc instead of glibc's malloc: a login allocates and frees a few
-/// dozen small buffers across two tasks, and glibc's free (with its
-/// fastbin consolidation on every allocation over 1 KiB) was the largest
-/// user-space cost.  Measured with `imapgate-bench login` on 2 cores: 6 %
-/// less CPU per login and 4 % more logins/s, for 0.15 KiB more per idle
-/// session (3.0 → 3.1 KiB).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(path) = cli.check_config {
