@@ -13,7 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::imap::Secret;
+use crate::imap::{Mechanism, Secret};
 
 /// The file as written.  See `config/imapgate.toml` for a commented example
 /// and README.md for the reference.
@@ -63,9 +63,9 @@ pub struct ListenerConfig {
     /// `[]` to refuse cleartext logins from everyone.
     #[serde(default = "default_trusted_networks")]
     pub trusted_networks: Vec<IpNet>,
-    /// SASL mechanisms offered in AUTHENTICATE.
+    /// SASL mechanisms offered in AUTHENTICATE (PLAIN, LOGIN; any case).
     #[serde(default = "default_mechanisms")]
-    pub mechanisms: Vec<String>,
+    pub mechanisms: Vec<Mechanism>,
     /// `none` (plain IMAP), `starttls` (plain, upgraded by STARTTLS, RFC
     /// 3501 §6.2.1), or `implicit` (TLS from the first byte, RFC 8314).
     #[serde(default)]
@@ -177,8 +177,8 @@ fn default_trusted_networks() -> Vec<IpNet> {
         .collect()
 }
 
-fn default_mechanisms() -> Vec<String> {
-    vec!["PLAIN".into(), "LOGIN".into()]
+fn default_mechanisms() -> Vec<Mechanism> {
+    vec![Mechanism::Plain, Mechanism::Login]
 }
 
 /// One backend IMAP server.
@@ -717,16 +717,6 @@ impl Config {
         unique_names("backend", self.backends.iter().map(|b| b.name.as_str()))
             .map_err(|m| invalid("backend.name", m))?;
         for l in &self.listeners {
-            for m in &l.mechanisms {
-                if !matches!(m.to_ascii_uppercase().as_str(), "PLAIN" | "LOGIN") {
-                    return Err(invalid(
-                        "listener.mechanisms",
-                        format!("listener {:?}: unsupported SASL mechanism {m:?} (supported: PLAIN, LOGIN)", l.name),
-                    ));
-                }
-            }
-        }
-        for l in &self.listeners {
             l.validate_tls().map_err(|(k, m)| invalid(k, m))?;
         }
         for l in &self.listeners {
@@ -1115,7 +1105,10 @@ path = "users"
     fn minimal_parses_with_defaults() {
         let c = Config::parse(MINIMAL, PathBuf::from("/etc/imapgate")).unwrap();
         assert_eq!(c.limits.login_timeout_secs, 60);
-        assert_eq!(c.listeners[0].mechanisms, vec!["PLAIN", "LOGIN"]);
+        assert_eq!(
+            c.listeners[0].mechanisms,
+            vec![Mechanism::Plain, Mechanism::Login]
+        );
         match &c.passdbs[0] {
             PassDbConfig::PasswdFile { path, .. } => {
                 assert_eq!(c.resolve(path), PathBuf::from("/etc/imapgate/users"))
@@ -1131,6 +1124,24 @@ path = "users"
             .unwrap_err()
             .to_string();
         assert!(e.contains("adress"), "{e}");
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn sasl_mechanisms_are_typed_and_checked_when_read() {
+        let with = |m: &str| {
+            MINIMAL.replacen(
+                "[[listener]]\n",
+                &format!("[[listener]]\nmechanisms = {m}\n"),
+                1,
+            )
+        };
+        let c = Config::parse(&with("[\"login\"]"), PathBuf::new()).unwrap();
+        assert_eq!(c.listeners[0].mechanisms, vec![Mechanism::Login]);
+        let e = Config::parse(&with("[\"PLAIN\", \"CRAM-MD5\"]"), PathBuf::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unsupported SASL mechanism \"CRAM-MD5\""), "{e}");
         assert!(e.contains("line"), "{e}");
     }
 

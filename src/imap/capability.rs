@@ -7,7 +7,7 @@
 //! UNAUTHENTICATE would let a client re-login on the backend behind the
 //! gateway's back, RFC 8437), so unknown names are dropped, not passed on.
 
-use std::borrow::Cow;
+use super::Mechanism;
 
 /// What the gateway offers before login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,26 +17,26 @@ pub struct PreAuthOffer<'a> {
     /// Cleartext authentication is refused here (RFC 2595 §3.2).
     pub login_disabled: bool,
     /// SASL mechanisms offered (ignored when `login_disabled`).
-    pub mechanisms: &'a [String],
+    pub mechanisms: &'a [Mechanism],
 }
 
 /// The not-authenticated capability list (RFC 9051 §6.1.1).  Every
-/// greeting carries it, so only the `AUTH=` names are allocated.
-pub fn pre_auth(offer: PreAuthOffer<'_>) -> Vec<Cow<'static, str>> {
-    let mut caps: Vec<Cow<'static, str>> = Vec::with_capacity(8 + offer.mechanisms.len());
-    caps.push("IMAP4rev1".into());
+/// greeting carries it; all of it is static text.
+pub fn pre_auth(offer: PreAuthOffer<'_>) -> Vec<&'static str> {
+    let mut caps = Vec::with_capacity(8 + offer.mechanisms.len());
+    caps.push("IMAP4rev1");
     if offer.starttls {
-        caps.push("STARTTLS".into());
+        caps.push("STARTTLS");
     }
     if offer.login_disabled {
-        caps.push("LOGINDISABLED".into());
+        caps.push("LOGINDISABLED");
     } else {
-        caps.extend(offer.mechanisms.iter().map(|m| format!("AUTH={m}").into()));
-        caps.push("SASL-IR".into());
+        caps.extend(offer.mechanisms.iter().map(|m| m.capability()));
+        caps.push("SASL-IR");
     }
     // LITERAL- (RFC 7888 §5): non-synchronizing literals up to 4096 octets
     // are safe to accept before login; larger ones need a `+` from us.
-    caps.extend(["LITERAL-", "ID", "ENABLE", "IDLE"].map(Cow::Borrowed));
+    caps.extend(["LITERAL-", "ID", "ENABLE", "IDLE"]);
     caps
 }
 
@@ -128,22 +128,22 @@ mod tests {
 
     #[test]
     fn login_disabled_hides_mechanisms() {
-        let mechs = vec!["PLAIN".to_string()];
+        let mechs = [Mechanism::Plain];
         let caps = pre_auth(PreAuthOffer {
             starttls: true,
             login_disabled: true,
             mechanisms: &mechs,
         });
-        assert!(caps.contains(&"LOGINDISABLED".into()));
-        assert!(caps.contains(&"STARTTLS".into()));
+        assert!(caps.contains(&"LOGINDISABLED"));
+        assert!(caps.contains(&"STARTTLS"));
         assert!(!caps.iter().any(|c| c.starts_with("AUTH=")));
         let caps = pre_auth(PreAuthOffer {
             starttls: false,
             login_disabled: false,
             mechanisms: &mechs,
         });
-        assert!(caps.contains(&"AUTH=PLAIN".into()));
-        assert!(!caps.contains(&"LITERAL+".into()));
+        assert!(caps.contains(&"AUTH=PLAIN"));
+        assert!(!caps.contains(&"LITERAL+"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`response`]: classifier for server responses.
 //! - [`encode`]: serializers for what the gateway writes itself.
 //! - [`capability`]: what the gateway advertises, and the post-login allow-list.
+//! - [`mechanism`]: the SASL mechanisms `AUTHENTICATE` runs.
 //! - [`secret`]: `Secret<T>` for passwords and SASL data.
 //! - `check` (hidden): the invariants the fuzz targets and the corpus replay
 //!   test share.
@@ -18,6 +19,7 @@ pub mod check;
 pub mod command;
 pub mod encode;
 pub mod framer;
+pub mod mechanism;
 pub mod response;
 pub mod secret;
 
@@ -26,4 +28,5 @@ mod tests;
 
 pub use command::{Command, CommandBody, Mailbox, Tag};
 pub use framer::{Direction, Frame, FrameError, Framer, Limits, LiteralHeader};
+pub use mechanism::Mechanism;
 pub use secret::Secret;

@@ -75,11 +75,7 @@ pub fn serve(tcp: TcpStream, conn: Connection, runtime: Arc<Runtime>) -> impl Fu
             // trusted network.  Implicit TLS is up before the greeting.
             cleartext_ok: trusted || mode == TlsMode::Implicit,
             starttls_available: mode == TlsMode::Starttls,
-            mechanisms: listener
-                .mechanisms
-                .iter()
-                .map(|m| m.to_ascii_uppercase())
-                .collect(),
+            mechanisms: listener.mechanisms.clone(),
             max_bad_commands: runtime.config.limits.max_bad_commands,
         });
         info!(listener = %conn.listener, "connection opened");

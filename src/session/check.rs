@@ -33,7 +33,7 @@ use super::rules::{self, Scope};
 use super::{Action, LoginFailure, Pending, Policy, Session, State, User, Verdict, MAX_PENDING};
 use crate::imap::command::{parse_command, parse_command_head};
 use crate::imap::response::Status;
-use crate::imap::CommandBody;
+use crate::imap::{CommandBody, Mechanism};
 
 /// Most events decoded from one input (bounds the run time per input).
 const MAX_EVENTS: usize = 512;
@@ -133,9 +133,9 @@ fn run(data: &[u8]) -> Result<Option<Session>, String> {
         starttls_available: flags & 2 != 0,
         mechanisms: match (flags >> 2) & 3 {
             0 => vec![],
-            1 => vec!["PLAIN".into()],
-            2 => vec!["LOGIN".into()],
-            _ => vec!["PLAIN".into(), "LOGIN".into()],
+            1 => vec![Mechanism::Plain],
+            2 => vec![Mechanism::Login],
+            _ => vec![Mechanism::Plain, Mechanism::Login],
         },
         max_bad_commands: u32::from(flags >> 4) + 1,
     };

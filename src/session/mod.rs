@@ -60,7 +60,7 @@ use base64::Engine as _;
 use crate::imap::command::{self, parse_command_head, IdParams, InitialResponse, ParseError};
 use crate::imap::encode;
 use crate::imap::response::Status;
-use crate::imap::{capability, Command, CommandBody, Mailbox, Secret, Tag};
+use crate::imap::{capability, Command, CommandBody, Mailbox, Mechanism, Secret, Tag};
 use rules::{Phase, Scope};
 
 /// The authenticated user's canonical name.
@@ -181,8 +181,8 @@ pub struct Policy {
     pub cleartext_ok: bool,
     /// STARTTLS can still be offered.
     pub starttls_available: bool,
-    /// SASL mechanisms offered (upper case).
-    pub mechanisms: Vec<String>,
+    /// SASL mechanisms offered.
+    pub mechanisms: Vec<Mechanism>,
     /// Invalid commands tolerated before login.
     pub max_bad_commands: u32,
 }
@@ -335,7 +335,7 @@ impl Session {
         encode::untagged("BYE", code, text)
     }
 
-    fn capabilities(&self) -> Vec<std::borrow::Cow<'static, str>> {
+    fn capabilities(&self) -> Vec<&'static str> {
         capability::pre_auth(capability::PreAuthOffer {
             starttls: self.policy.starttls_available,
             login_disabled: !self.policy.cleartext_ok,
@@ -518,26 +518,23 @@ impl Session {
         if let Some(refusal) = self.cleartext_refusal(&tag) {
             return refusal;
         }
-        if !self
-            .policy
-            .mechanisms
-            .iter()
-            .any(|m| m.eq_ignore_ascii_case(&mechanism))
-        {
+        let offered =
+            Mechanism::from_name(&mechanism).filter(|m| self.policy.mechanisms.contains(m));
+        let Some(offered) = offered else {
+            let names: Vec<&str> = self.policy.mechanisms.iter().map(|m| m.as_str()).collect();
             return vec![Action::Reply(encode::tagged(
                 &tag,
                 Status::No,
                 None,
                 &format!(
                     "Unsupported authentication mechanism; offered: {}",
-                    self.policy.mechanisms.join(" ")
+                    names.join(" ")
                 ),
             ))];
-        }
-        let step = if mechanism == "PLAIN" {
-            Sasl::Plain
-        } else {
-            Sasl::LoginUser
+        };
+        let step = match offered {
+            Mechanism::Plain => Sasl::Plain,
+            Mechanism::Login => Sasl::LoginUser,
         };
         self.state = State::Authenticating { tag, step };
         match initial {

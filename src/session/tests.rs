@@ -8,7 +8,7 @@ fn policy() -> Policy {
     Policy {
         cleartext_ok: true,
         starttls_available: true,
-        mechanisms: vec!["PLAIN".into(), "LOGIN".into()],
+        mechanisms: vec![Mechanism::Plain, Mechanism::Login],
         max_bad_commands: 3,
     }
 }

@@ -18,7 +18,7 @@ fn logged_in() -> Session {
     let mut s = Session::new(Policy {
         cleartext_ok: true,
         starttls_available: false,
-        mechanisms: vec!["PLAIN".into()],
+        mechanisms: vec![crate::imap::Mechanism::Plain],
         max_bad_commands: 3,
     });
     let actions = s.command(parse_command(b"a LOGIN alice wonderland\r\n"));
