@@ -139,8 +139,6 @@ pub fn authenticate_plain(
     Outgoing { parts }
 }
 
-/// Strip CR, LF and NUL from human-readable text we put on a response line,
-/// so no peer-supplied text can end a line early.
 /// Append `text` with CR, LF and NUL turned into SP (and, inside a response
 /// code, `]`), so no peer-supplied text can end the line or the code early.
 /// Byte-wise: these are ASCII, never part of a UTF-8 sequence.  Runs for

@@ -76,7 +76,8 @@ pub struct Metrics {
     by_state: Vec<(&'static str, IntGauge)>,
     by_arrow: Vec<IntCounter>,
     by_close_reason: Vec<(&'static str, IntCounter)>,
-    cache_hit: Option<(IntCounter, IntCounter)>,
+    /// `imapgate_auth_cache_total`: (hit, miss).
+    cache_lookups: (IntCounter, IntCounter),
 }
 
 /// The series of a known label, if it was looked up in advance.
@@ -157,7 +158,61 @@ impl Metrics {
             "Bytes relayed after login, by direction.",
             &["direction"],
         );
-        let mut m = Metrics {
+        let sessions = gauge(
+            r,
+            "imapgate_sessions",
+            "Live sessions by state of the IMAP state diagram.",
+            &["state"],
+        );
+        let transitions = counter(
+            r,
+            "imapgate_state_transitions_total",
+            "State transitions by arrow of RFC 3501 §3.",
+            &["arrow"],
+        );
+        let auth_cache = counter(
+            r,
+            "imapgate_auth_cache_total",
+            "Auth cache lookups by result.",
+            &["result"],
+        );
+        let sessions_closed = counter(
+            r,
+            "imapgate_sessions_closed_total",
+            "Sessions ended, by reason.",
+            &["reason"],
+        );
+        // Series every session touches, looked up once (see the fields).
+        let by_state = [
+            "not_authenticated",
+            "authenticated",
+            "selected",
+            "idle",
+            "logout",
+        ]
+        .map(|state| (state, sessions.with_label_values(&[state])))
+        .to_vec();
+        // Arrows 1 to 7 (RFC 3501 §3's diagram), at index arrow - 1.
+        let by_arrow = (1..=7u8)
+            .map(|arrow| transitions.with_label_values(&[arrow_label(arrow)]))
+            .collect();
+        let by_close_reason = [
+            "client_closed",
+            "logout",
+            "timeout",
+            "kicked",
+            "backend_lost",
+            "login_timeout",
+            "io_error",
+            "auth_failed",
+        ]
+        .map(|reason| (reason, sessions_closed.with_label_values(&[reason])))
+        .to_vec();
+        let cache_lookups = (
+            auth_cache.with_label_values(&["hit"]),
+            auth_cache.with_label_values(&["miss"]),
+        );
+        let m = Metrics {
             connections_accepted: counter(
                 r,
                 "imapgate_connections_accepted_total",
@@ -170,18 +225,8 @@ impl Metrics {
                 "Client connections turned away before the greeting.",
                 &["listener", "reason"],
             ),
-            sessions: gauge(
-                r,
-                "imapgate_sessions",
-                "Live sessions by state of the IMAP state diagram.",
-                &["state"],
-            ),
-            transitions: counter(
-                r,
-                "imapgate_state_transitions_total",
-                "State transitions by arrow of RFC 3501 §3.",
-                &["arrow"],
-            ),
+            sessions,
+            transitions,
             commands: counter(
                 r,
                 "imapgate_commands_total",
@@ -201,12 +246,7 @@ impl Metrics {
                 &["mechanism", "passdb", "result"],
             ),
             auth_duration,
-            auth_cache: counter(
-                r,
-                "imapgate_auth_cache_total",
-                "Auth cache lookups by result.",
-                &["result"],
-            ),
+            auth_cache,
             auth_delays: counter(
                 r,
                 "imapgate_auth_delays_total",
@@ -267,12 +307,7 @@ impl Metrics {
             relayed_client: relayed_bytes.with_label_values(&["client_to_backend"]),
             relayed_backend: relayed_bytes.with_label_values(&["backend_to_client"]),
             relayed_bytes,
-            sessions_closed: counter(
-                r,
-                "imapgate_sessions_closed_total",
-                "Sessions ended, by reason.",
-                &["reason"],
-            ),
+            sessions_closed,
             config_reloads: counter(
                 r,
                 "imapgate_config_reloads_total",
@@ -292,48 +327,17 @@ impl Metrics {
                 &["version"],
             ),
             registry,
-            by_state: Vec::new(),
-            by_arrow: Vec::new(),
-            by_close_reason: Vec::new(),
-            cache_hit: None,
+            by_state,
+            by_arrow,
+            by_close_reason,
+            cache_lookups,
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        for state in [
-            "not_authenticated",
-            "authenticated",
-            "selected",
-            "idle",
-            "logout",
-        ] {
-            let g = m.sessions.with_label_values(&[state]);
-            m.by_state.push((state, g));
-        }
-        // Arrows 1 to 7 (RFC 3501 §3's diagram), at index arrow - 1.
-        m.by_arrow = (1..=7u8)
-            .map(|arrow| m.transitions.with_label_values(&[arrow_label(arrow)]))
-            .collect();
-        for reason in [
-            "client_closed",
-            "logout",
-            "timeout",
-            "kicked",
-            "backend_lost",
-            "login_timeout",
-            "io_error",
-            "auth_failed",
-        ] {
-            let c = m.sessions_closed.with_label_values(&[reason]);
-            m.by_close_reason.push((reason, c));
-        }
         for result in ["ok", "failed", "unavailable"] {
             m.config_reloads.with_label_values(&[result]);
         }
-        m.cache_hit = Some((
-            m.auth_cache.with_label_values(&["hit"]),
-            m.auth_cache.with_label_values(&["miss"]),
-        ));
         for scope in ["ip", "user", "passdb"] {
             m.auth_delays.with_label_values(&[scope]);
         }
@@ -416,9 +420,8 @@ impl Metrics {
 
     /// Count an auth cache lookup (`hit` or `miss`).
     pub fn auth_cache_lookup(&self, hit: bool) {
-        if let Some((hits, misses)) = &self.cache_hit {
-            if hit { hits } else { misses }.inc();
-        }
+        let (hits, misses) = &self.cache_lookups;
+        if hit { hits } else { misses }.inc();
     }
 }
 
