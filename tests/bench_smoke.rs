@@ -68,11 +68,8 @@ fn scenarios_run_through_the_gateway_against_the_stub() {
     let mut pki = Pki::new("bench smoke CA");
     let (cert, key) = pki.server("gateway", &["127.0.0.1"]);
     let mut config = gateway_config(gw_port, stub_port, &users);
-    config.push_str(&format!(
-        "\n[[listener]]\nname = \"imaps\"\naddress = \"127.0.0.1:{tls_port}\"\ntls = \"implicit\"\n\
-         certificates = [{{ cert = {}, key = {} }}]\n",
-        common::toml_str(cert.to_str().expect("utf-8 path")),
-        common::toml_str(key.to_str().expect("utf-8 path")),
+    config.push_str(&common::implicit_tls_listener(
+        "imaps", tls_port, &cert, &key,
     ));
     let gateway = Gateway::start(&config);
     let target = format!("127.0.0.1:{gw_port}");

@@ -257,11 +257,8 @@ fn dashboards_use_only_exported_metrics() {
         &dovecot.users_file(),
         admin,
     );
-    config.push_str(&format!(
-        "\n[[listener]]\nname = \"imaps\"\naddress = \"127.0.0.1:{tls_port}\"\ntls = \"implicit\"\n\
-         certificates = [{{ cert = {}, key = {} }}]\n",
-        common::toml_str(cert_file.to_str().expect("utf-8 path")),
-        common::toml_str(key_file.to_str().expect("utf-8 path")),
+    config.push_str(&common::implicit_tls_listener(
+        "imaps", tls_port, &cert_file, &key_file,
     ));
     let gw = Gateway::start(&config);
     assert!(wait_port(admin, Duration::from_secs(10)), "admin port");

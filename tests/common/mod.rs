@@ -532,6 +532,17 @@ format = "text"
     )
 }
 
+/// A `[[listener]]` table for implicit TLS on `port` with one certificate,
+/// to append to a config.
+pub fn implicit_tls_listener(name: &str, port: u16, cert: &Path, key: &Path) -> String {
+    format!(
+        "\n[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\ntls = \"implicit\"\n\
+         certificates = [{{ cert = {}, key = {} }}]\n",
+        toml_str(cert.to_str().expect("utf-8 path")),
+        toml_str(key.to_str().expect("utf-8 path")),
+    )
+}
+
 /// The ports of every `address = "HOST:PORT"` inside `[[listener]]` tables.
 pub fn listener_ports(config: &str) -> Vec<u16> {
     let mut ports = Vec::new();
