@@ -195,19 +195,14 @@ fn main() -> ExitCode {
                 probe,
                 probe_sessions,
                 nice,
-                child: true,
+                child,
             } => {
-                let _ = (probe, probe_sessions, nice);
-                flood_child(common, concurrency).await
+                if child {
+                    flood_child(common, concurrency).await
+                } else {
+                    flood(common, concurrency, probe, probe_sessions, nice).await
+                }
             }
-            Scenario::Flood {
-                common,
-                concurrency,
-                probe,
-                probe_sessions,
-                nice,
-                child: false,
-            } => flood(common, concurrency, probe, probe_sessions, nice).await,
         }
     });
     match result {
